@@ -1,0 +1,65 @@
+# embkern: `make test` and `make bench` work on a fresh machine with Python and gcc: they create a
+# virtualenv when none is active, install torch==2.13.0 (CPU) only when torch is missing (an installed
+# torch is never replaced), build the extension in place and run.
+SHELL := /bin/bash
+PYTHON ?= python3
+ifdef VIRTUAL_ENV
+  ENV_DIR := $(VIRTUAL_ENV)
+else
+  ENV_DIR := $(abspath .venv)
+endif
+PY := $(ENV_DIR)/bin/python
+TORCH_DEFAULT := torch==2.13.0
+BUILD_DIR ?= build/dev
+EMBKERN_CUDA ?= AUTO
+FULL ?= 0
+JOBS ?= $(shell nproc)
+STAMP := $(ENV_DIR)/.embkern-deps
+# Optional dependency groups of pyproject.toml (one list of packages, read here).
+extra = $(shell $(PY) -c "import tomllib; d = tomllib.load(open('pyproject.toml', 'rb')); print(' '.join(repr(x) for x in d['project']['optional-dependencies']['$(1)']))")
+build_requires = $(shell $(PY) -c "import tomllib; d = tomllib.load(open('pyproject.toml', 'rb')); print(' '.join(repr(x) for x in d['build-system']['requires']))")
+
+.PHONY: help setup build test bench bench-deps wheel wheel-test cuda-check clean
+
+help:
+	@echo "make test          build in place and run the test suite"
+	@echo "make bench         quick benchmarks (FULL=1: the P1-P6 sizes of DESIGN section 4)"
+	@echo "make wheel         build a wheel against the installed torch into dist/"
+	@echo "make cuda-check    build the CUDA extension against torch 2.14.1 (cu130) in .venv-cuda"
+
+$(STAMP): pyproject.toml
+	@if [ ! -x "$(PY)" ]; then echo "creating virtualenv $(ENV_DIR)"; $(PYTHON) -m venv "$(ENV_DIR)"; fi
+	@if $(PY) -c "import torch" 2>/dev/null; then \
+	  echo "using installed torch $$($(PY) -c 'import torch; print(torch.__version__)')"; \
+	else $(PY) -m pip install "$(TORCH_DEFAULT)"; fi
+	$(PY) -m pip install -q $(build_requires) ninja "cmake>=3.25" "numpy>=1.24" $(call extra,test)
+	@touch "$@"
+
+setup: $(STAMP)
+
+build: $(STAMP)
+	$(ENV_DIR)/bin/cmake -S . -B $(BUILD_DIR) -G Ninja -DPython3_EXECUTABLE="$(PY)" -DEMBKERN_CUDA=$(EMBKERN_CUDA) \
+	  -DCMAKE_BUILD_TYPE=Release -DCMAKE_MAKE_PROGRAM="$(ENV_DIR)/bin/ninja" > $(BUILD_DIR).configure.log || \
+	  (cat $(BUILD_DIR).configure.log; exit 1)
+	$(ENV_DIR)/bin/cmake --build $(BUILD_DIR) -j $(JOBS)
+	cp -f $(BUILD_DIR)/_C*.so $(BUILD_DIR)/_build_config.py python/embkern/
+
+test: build
+	PYTHONPATH=$(CURDIR)/python $(PY) -m pytest tests -q $(PYTEST_ARGS)
+
+bench-deps: $(STAMP)
+	$(PY) -m pip install -q $(call extra,bench)
+	@$(PY) -c "import fbgemm_gpu" 2>/dev/null || $(PY) -m pip install -q --no-deps fbgemm-gpu-cpu==1.8.0 || \
+	  echo "fbgemm-gpu-cpu unavailable: its baselines will be skipped"
+
+bench: build bench-deps
+	PYTHONPATH=$(CURDIR)/python $(PY) benchmarks/run_all.py $(if $(filter 1,$(FULL)),--full,)
+
+wheel: $(STAMP)
+	$(PY) -m pip wheel --no-build-isolation --no-deps -w dist .
+
+cuda-check:
+	bash .ci/cuda_build.sh
+
+clean:
+	rm -rf build dist python/embkern/_C*.so python/embkern/_build_config.py
