@@ -11,6 +11,7 @@
 #include "bits/bits_kernels.h"
 #include "common/checks.h"
 #include "common/cpu_features.h"
+#include "common/parallel_topk.h"
 
 #ifdef EMBKERN_WITH_CUDA
 #include <c10/cuda/CUDAGuard.h>
@@ -46,7 +47,7 @@ void check_topk_k(int64_t k, int64_t n, const char* op) {
 
 void check_pack_input(const Tensor& x, const char* op) {
   check_rank(x, op, "x", 2);
-  TORCH_CHECK_TYPE(!x.is_complex(), op, ": x must be a real tensor, got dtype ", c10::toString(x.scalar_type()));
+  TORCH_CHECK_TYPE(!x.is_complex(), op, ": x must be a real tensor, got dtype ", dtype_name(x.scalar_type()));
 }
 
 void check_unpack_input(const Tensor& codes, int64_t dim, const char* op) {
@@ -92,13 +93,6 @@ PackFn pick_pack() {
   return pack_bits_f32_scalar;
 }
 
-// Work split: by queries when there are enough of them, else by database ranges (each task keeps
-// its own heaps, merged at the end). Results are exact, so they do not depend on the split.
-constexpr int64_t kMinRowsPerTask = 4096;
-
-bool split_by_queries(int64_t nq, int64_t nb, int64_t threads) {
-  return threads <= 1 || nq >= 8 * threads || nb < 2 * kMinRowsPerTask;
-}
 
 Tensor pack_bits_cpu(const Tensor& x, double threshold) {
   check_pack_input(x, "pack_bits");
@@ -149,11 +143,11 @@ Tensor hamming_distance_cpu(const Tensor& queries, const Tensor& database) {
   const uint8_t *qp = q.data_ptr<uint8_t>(), *dp = db.data_ptr<uint8_t>();
   int32_t* op = out.data_ptr<int32_t>();
   const DistFn dist = pick_distance();
-  const int64_t threads = at::get_num_threads();
-  if (split_by_queries(nq, nb, threads)) {
+  // By queries when there are enough of them, else by database columns.
+  if (nq >= 8 * at::get_num_threads()) {
     at::parallel_for(0, nq, 1, [&](int64_t b, int64_t e) { dist(qp + b * cb, e - b, dp, nb, cb, op + b * nb, nb); });
   } else {
-    at::parallel_for(0, nb, kMinRowsPerTask, [&](int64_t b, int64_t e) {
+    at::parallel_for(0, nb, kMinTopkRowsPerTask, [&](int64_t b, int64_t e) {
       dist(qp, nq, dp + b * cb, e - b, cb, op + b, nb);
     });
   }
@@ -164,44 +158,17 @@ std::tuple<Tensor, Tensor> hamming_topk_cpu(const Tensor& queries, const Tensor&
   check_query_database(queries, database, "hamming_topk");
   const int64_t nq = queries.size(0), nb = database.size(0), cb = queries.size(1);
   check_topk_k(k, nb, "hamming_topk");
-  const int64_t qk = checked_mul(nq, k, "hamming_topk", "the output size queries x k");
+  checked_mul(nq, k, "hamming_topk", "the output size queries x k");
   Tensor out_d = at::empty({nq, k}, queries.options().dtype(at::kInt));
   Tensor out_i = at::empty({nq, k}, queries.options().dtype(at::kLong));
-  if (nq == 0) return {out_d, out_i};
   const Tensor q = queries.contiguous(), db = database.contiguous();
   const uint8_t *qp = q.data_ptr<uint8_t>(), *dp = db.data_ptr<uint8_t>();
-  int32_t* od = out_d.data_ptr<int32_t>();
-  int64_t* oi = out_i.data_ptr<int64_t>();
   const ScanFn scan = pick_scan();
-  const int64_t threads = at::get_num_threads();
-
-  if (split_by_queries(nq, nb, threads)) {
-    at::parallel_for(0, nq, 1, [&](int64_t b, int64_t e) {
-      std::vector<int64_t> sizes(size_t(e - b), 0);
-      scan(qp + b * cb, e - b, dp, 0, nb, cb, HammingHeaps{od + b * k, oi + b * k, sizes.data(), k});
-      for (int64_t i = b; i < e; ++i) HammingHeap(od + i * k, oi + i * k, k, k).sort_best_first();
-    });
-    return {out_d, out_i};
-  }
-
-  // Database split: task t scans rows [t*nb/tasks, (t+1)*nb/tasks) into heaps of its own.
-  const int64_t tasks = std::min(threads, nb / kMinRowsPerTask);
-  std::vector<int32_t> task_d(size_t(checked_mul(tasks, qk, "hamming_topk", "per-task heaps")));
-  std::vector<int64_t> task_i(task_d.size()), task_n(size_t(tasks * nq), 0);
-  at::parallel_for(0, tasks, 1, [&](int64_t tb, int64_t te) {
-    for (int64_t t = tb; t < te; ++t) {
-      const int64_t lo = t * nb / tasks, hi = (t + 1) * nb / tasks;
-      scan(qp, nq, dp, lo, hi, cb, HammingHeaps{&task_d[t * qk], &task_i[t * qk], &task_n[t * nq], k});
-    }
-  });
-  at::parallel_for(0, nq, 1, [&](int64_t b, int64_t e) {
-    for (int64_t i = b; i < e; ++i) {
-      HammingHeap heap(od + i * k, oi + i * k, k);
-      for (int64_t t = 0; t < tasks; ++t)
-        for (int64_t j = 0; j < task_n[t * nq + i]; ++j) heap.push(task_d[t * qk + i * k + j], task_i[t * qk + i * k + j]);
-      heap.sort_best_first();
-    }
-  });
+  parallel_topk<int32_t, /*LargerIsBetter=*/false>(
+      nq, nb, k, out_d.data_ptr<int32_t>(), out_i.data_ptr<int64_t>(), "hamming_topk",
+      [&](int64_t qb, int64_t qe, int64_t db_b, int64_t db_e, int32_t* hv, int64_t* hi, int64_t* hn) {
+        scan(qp + qb * cb, qe - qb, dp, db_b, db_e, cb, HammingHeaps{hv, hi, hn, k});
+      });
   return {out_d, out_i};
 }
 

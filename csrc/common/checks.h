@@ -6,12 +6,30 @@
 
 #include <cstdint>
 #include <limits>
+#include <string>
 
 namespace embkern {
 
+// torch's Python spelling ("torch.uint8"), which is what users wrote.
+inline std::string dtype_name(at::ScalarType t) {
+  switch (t) {
+    case at::kByte: return "torch.uint8";
+    case at::kChar: return "torch.int8";
+    case at::kShort: return "torch.int16";
+    case at::kInt: return "torch.int32";
+    case at::kLong: return "torch.int64";
+    case at::kHalf: return "torch.float16";
+    case at::kBFloat16: return "torch.bfloat16";
+    case at::kFloat: return "torch.float32";
+    case at::kDouble: return "torch.float64";
+    case at::kBool: return "torch.bool";
+    default: return std::string("torch.") + c10::toString(t);
+  }
+}
+
 inline void check_dtype(const at::Tensor& t, const char* op, const char* name, at::ScalarType want) {
-  TORCH_CHECK_TYPE(t.scalar_type() == want, op, ": ", name, " must have dtype ", c10::toString(want), ", got ",
-                   c10::toString(t.scalar_type()));
+  TORCH_CHECK_TYPE(t.scalar_type() == want, op, ": ", name, " must have dtype ", dtype_name(want), ", got ",
+                   dtype_name(t.scalar_type()));
 }
 
 inline void check_rank(const at::Tensor& t, const char* op, const char* name, int64_t rank) {

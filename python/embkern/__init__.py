@@ -11,20 +11,19 @@ import torch  # noqa: F401  (loads libtorch before the extension)
 
 from ._loader import _C
 from . import _ops  # noqa: F401  (fake kernels)
-from .bits import hamming_distance, hamming_topk, pack_bits, unpack_bits
+from . import bits, cur, embedding, fastrp, int8, rbe
+from .bits import *  # noqa: F401,F403
+from .cur import *  # noqa: F401,F403
+from .embedding import *  # noqa: F401,F403
+from .fastrp import *  # noqa: F401,F403
+from .int8 import *  # noqa: F401,F403
+from .rbe import *  # noqa: F401,F403
 
 __version__: str = _C.build_info()["version"]
 
-__all__ = [
-    "__version__",
-    "build_info",
-    "set_isa",
-    "get_isa",
-    "pack_bits",
-    "unpack_bits",
-    "hamming_distance",
-    "hamming_topk",
-]
+__all__ = ["__version__", "build_info", "set_isa", "get_isa"]
+for _family in (bits, embedding, int8, rbe, fastrp, cur):
+    __all__ += _family.__all__
 
 
 def build_info() -> dict[str, Any]:
