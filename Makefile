@@ -39,6 +39,7 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 build: $(STAMP)
+	@mkdir -p $(dir $(BUILD_DIR))
 	$(ENV_DIR)/bin/cmake -S . -B $(BUILD_DIR) -G Ninja -DPython3_EXECUTABLE="$(PY)" -DEMBKERN_CUDA=$(EMBKERN_CUDA) \
 	  -DCMAKE_BUILD_TYPE=Release -DCMAKE_MAKE_PROGRAM="$(ENV_DIR)/bin/ninja" > $(BUILD_DIR).configure.log || \
 	  (cat $(BUILD_DIR).configure.log; exit 1)
