@@ -23,6 +23,7 @@ struct Avx2Lanes {
     dst[0] = src[0];
     dst[1] = src[1];
   }
+  static Vec load_i32(const int32_t* p) { return _mm256_load_si256(reinterpret_cast<const __m256i*>(p)); }
   static Vec set1(int32_t v) { return _mm256_set1_epi32(v); }
   static Vec load(const Elem* p) { return _mm256_load_si256(reinterpret_cast<const __m256i*>(p)); }
   static Vec bcast(const QElem* p) {

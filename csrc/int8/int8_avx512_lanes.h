@@ -12,6 +12,7 @@ struct Avx512Common {
   static constexpr int kLanes = 16;
   static constexpr int kQT = 8;  // 8 queries x 2 groups = 16 accumulators, + 2 loads + 1 broadcast
   using Vec = __m512i;
+  static Vec load_i32(const int32_t* p) { return _mm512_load_si512(p); }
   static Vec set1(int32_t v) { return _mm512_set1_epi32(v); }
   static uint32_t gt_mask(Vec a, int32_t bar) { return _mm512_cmpgt_epi32_mask(a, _mm512_set1_epi32(bar)); }
   static __m512 cos_scores(Vec a, const float* db_inv, float q_inv) {

@@ -138,6 +138,14 @@ void int8_topk_scan_vec(const int8_t* queries, int64_t nq, const int8_t* db, int
               acc1[i] = V::madd(acc1[i], d1, qv);
             }
           }
+          // Spill once per tile (keeps the accumulators in registers in the loop above, which
+          // indexes them only with unrolled constants).
+          alignas(64) int32_t res[QT][2][L];
+#pragma GCC unroll 16
+          for (int i = 0; i < QT; ++i) {
+            V::store(res[i][0], acc0[i]);
+            V::store(res[i][1], acc1[i]);
+          }
           // Epilogue: one compare per L pairs against the query's bar; only winners reach the heap.
           for (int i = 0; i < QT && qt + i < nqc; ++i) {
             Heap& h = heap[size_t(qt + i)];
@@ -145,7 +153,7 @@ void int8_topk_scan_vec(const int8_t* queries, int64_t nq, const int8_t* db, int
               const int64_t r0 = (g + half) * L;
               if (r0 >= rows) break;
               const uint32_t valid = rows - r0 >= L ? uint32_t((1ull << L) - 1) : uint32_t((1u << (rows - r0)) - 1);
-              const Vec a = half ? acc1[i] : acc0[i];
+              const Vec a = V::load_i32(res[i][half]);
               alignas(64) T vals[L];
               uint32_t m;
               if constexpr (Cos) {
