@@ -109,7 +109,7 @@ def int8_calibrate(
         hi = torch.clamp(reduce(torch.max, t), min=0.0)
         scale = (hi - lo) / 255.0
         safe = torch.where(scale > 0, scale, torch.ones_like(scale))
-        zp = torch.clamp(torch.round(-128.0 - lo / safe), -128, 127)
+        zp = torch.where(scale > 0, torch.clamp(torch.round(-128.0 - lo / safe), -128, 127), torch.zeros_like(scale))
     scale32 = scale.to(torch.float32)
     tiny = torch.finfo(torch.float32).tiny
     scale32 = torch.where(scale > 0, torch.clamp(scale32, min=tiny), torch.ones_like(scale32))
