@@ -248,6 +248,9 @@ std::tuple<Tensor, Tensor> int8_topk_cuda(const Tensor& queries, const Tensor& d
   const int64_t nq = queries.size(0), nb = database.size(0), dim = queries.size(1);
   check_k(k, nb, op);
   checked_mul(nq, k, op, "the output size queries x k");
+  TORCH_CHECK_VALUE(k <= cuda::int8_topk_max_k(), op, ": k must be <= ", cuda::int8_topk_max_k(),
+                    " on CUDA (the per-block selection keeps k candidates in shared memory), got ", k,
+                    "; run on CPU for larger k");
   if (database_norms.has_value()) check_same_device(database, "database", *database_norms, "database_norms", op);
   const c10::cuda::CUDAGuard guard(queries.device());
   Tensor out_v = at::empty({nq, k}, queries.options().dtype(at::kFloat));
