@@ -15,6 +15,8 @@ struct Avx2Lanes {
   static constexpr int kPer = 2;
   static constexpr int kQT = 6;  // 6 queries x 2 groups = 12 accumulators, + 2 loads + 1 broadcast
   static constexpr bool kBias = false;
+  static constexpr bool kVectorTranspose = false;
+  static int64_t transpose_group(int16_t*, const int8_t*, int64_t) { return 0; }
   using Elem = int16_t;
   using QElem = int16_t;
   using Vec = __m256i;

@@ -11,6 +11,8 @@ namespace {
 struct MaddLanes : Avx512Common {
   static constexpr int kPer = 2;
   static constexpr bool kBias = false;
+  static constexpr bool kVectorTranspose = false;
+  static int64_t transpose_group(int16_t*, const int8_t*, int64_t) { return 0; }
   using Elem = int16_t;
   using QElem = int16_t;
   static Elem to_elem(int8_t v) { return int16_t(v); }

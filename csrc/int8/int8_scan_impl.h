@@ -98,23 +98,31 @@ void int8_topk_scan_vec(const int8_t* queries, int64_t nq, const int8_t* db, int
     for (int64_t b = db_begin; b < db_end; b += block_rows) {
       const int64_t rows = std::min(block_rows, db_end - b);
       const int64_t groups = (rows + 2 * L - 1) / (2 * L) * 2;  // even: tiles take two groups
-      // Transpose; rows past the end are zero (their lanes are masked out below).
+      // Transpose; rows past the end are zero (their lanes are masked out below). A full group
+      // may take the ISA's vector transpose for its leading steps (V::transpose_group).
       const Elem zero_elem = V::to_elem(0);
-      for (int64_t r = 0; r < groups * L; ++r) {
-        Elem* dst = blk.get() + (r / L) * group_elems + (r % L) * P;
-        if (r >= rows) {
-          for (int64_t t = 0; t < steps; ++t)
-            for (int p = 0; p < P; ++p) dst[t * L * P + p] = zero_elem;
-          continue;
-        }
-        const int8_t* row = db + (b + r) * dim;
-        const int64_t full = dim / P;
-        for (int64_t t = 0; t < full; ++t) V::put_step(dst + t * L * P, row + t * P);
-        for (int64_t t = full; t < steps; ++t)
-          for (int p = 0; p < P; ++p) {
-            const int64_t d = t * P + p;
-            dst[t * L * P + p] = V::to_elem(d < dim ? row[d] : int8_t(0));
+      const int64_t full = dim / P;
+      for (int64_t g = 0; g < groups; ++g) {
+        Elem* gdst = blk.get() + g * group_elems;
+        const int64_t r0 = g * L;
+        int64_t done = 0;
+        if constexpr (V::kVectorTranspose)
+          if (r0 + L <= rows) done = V::transpose_group(gdst, db + (b + r0) * dim, dim);
+        for (int64_t lane = 0; lane < L; ++lane) {
+          Elem* dst = gdst + lane * P;
+          if (r0 + lane >= rows) {
+            for (int64_t t = 0; t < steps; ++t)
+              for (int p = 0; p < P; ++p) dst[t * L * P + p] = zero_elem;
+            continue;
           }
+          const int8_t* row = db + (b + r0 + lane) * dim;
+          for (int64_t t = done; t < full; ++t) V::put_step(dst + t * L * P, row + t * P);
+          for (int64_t t = std::max(done, full); t < steps; ++t)
+            for (int p = 0; p < P; ++p) {
+              const int64_t d = t * P + p;
+              dst[t * L * P + p] = V::to_elem(d < dim ? row[d] : int8_t(0));
+            }
+        }
       }
       if constexpr (Cos) {
         for (int64_t r = 0; r < rows; ++r) dinv[r] = db_inv_norm[b + r];
