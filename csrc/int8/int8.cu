@@ -149,7 +149,7 @@ __global__ void partial_topk_kernel(const int8_t* __restrict__ queries, const in
   __syncthreads();
   BlockTopK<T> top{ss, sid, &kept, &nbuf, k};
   const int64_t c0 = chunk * nb / nchunks, c1 = (chunk + 1) * nb / nchunks;
-  const bool aligned = (dim % 4) == 0;
+  const bool aligned = (dim % 4) == 0 && (reinterpret_cast<uintptr_t>(db) % 4) == 0;  // 32-bit row loads
   const float qi = Cos ? q_inv[q] : 0.f;
   for (int64_t base = c0; base < c1; base += blockDim.x) {
     if (nbuf > kCap - k - int(blockDim.x)) top.fold();  // room for this tile's candidates
