@@ -3,10 +3,6 @@
 // and quantization.
 #include <cstring>
 
-// GCC 12 flags the deliberately undefined pass-through operand inside _mm512_roundscale_ps,
-// _mm512_max_ps and friends (a false positive in its own intrinsic headers).
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-
 #include "int8/int8_avx512_lanes.h"
 
 namespace embkern::int8 {

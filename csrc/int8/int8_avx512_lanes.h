@@ -3,6 +3,10 @@
 #pragma once
 #include <immintrin.h>
 
+// GCC 12 flags the deliberately undefined pass-through operand inside _mm512_roundscale_ps,
+// _mm512_max_ps and friends (a false positive in its own intrinsic headers).
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+
 #include "int8/int8_scan_impl.h"
 
 namespace embkern::int8 {
