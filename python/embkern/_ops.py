@@ -26,3 +26,19 @@ def _hamming_distance_fake(queries, database):
 def _hamming_topk_fake(queries, database, k):
     nq = queries.shape[0]
     return (queries.new_empty((nq, k), dtype=torch.int32), queries.new_empty((nq, k), dtype=torch.int64))
+
+
+# ---- int8 family ----------------------------------------------------------------------------------
+
+
+@register_fake("embkern::int8_quantize")
+def _int8_quantize_fake(x, scale, zero_point):
+    torch._check(x.dim() == 2, lambda: f"int8_quantize: x must be a 2-D tensor, got {x.dim()}-D")
+    return x.new_empty(x.shape, dtype=torch.int8)
+
+
+@register_fake("embkern::int8_topk")
+def _int8_topk_fake(queries, database, k, metric="dot", database_norms=None):
+    torch._check(queries.dim() == 2 and database.dim() == 2, lambda: "int8_topk: queries and database must be 2-D")
+    nq = queries.shape[0]
+    return (queries.new_empty((nq, k), dtype=torch.float32), queries.new_empty((nq, k), dtype=torch.int64))
