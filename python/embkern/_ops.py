@@ -26,3 +26,14 @@ def _hamming_distance_fake(queries, database):
 def _hamming_topk_fake(queries, database, k):
     nq = queries.shape[0]
     return (queries.new_empty((nq, k), dtype=torch.int32), queries.new_empty((nq, k), dtype=torch.int64))
+
+
+# ---- cur ---------------------------------------------------------------------------------------
+
+
+@register_fake("embkern::score_topk")
+def _score_topk_fake(C, E, k, exclude=None, scales=None):
+    torch._check(C.dim() == 2, lambda: f"score_topk: C must be a 2-D tensor, got {C.dim()}-D")
+    torch._check(E.dim() == 2, lambda: f"score_topk: E must be a 2-D tensor, got {E.dim()}-D")
+    b = C.shape[0]
+    return C.new_empty((b, k), dtype=torch.float32), C.new_empty((b, k), dtype=torch.int64)
