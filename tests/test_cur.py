@@ -38,7 +38,7 @@ def test_score_topk_matches_reference(isa, dtype, b, r, n):
     C = rng.standard_normal((b, r)).astype(np.float32)
     for k in sorted({1, min(10, n), n}):
         v, i = embkern.score_topk(torch.from_numpy(C), E, k, scales=S)
-        rv, ri = cur_ref.score_topk(C, Ef, k, scales=Sf, bf16=dtype == "bfloat16")
+        rv, ri = cur_ref.score_topk(C, Ef, k, scales=Sf)
         assert v.dtype == torch.float32 and i.dtype == torch.int64 and v.shape == (b, k)
         np.testing.assert_array_equal(i.numpy(), ri)
         np.testing.assert_array_equal(v.numpy(), rv)  # bitwise: one FMA chain per score on every path
@@ -90,7 +90,7 @@ def test_score_topk_exclude(isa, dtype):
             ex[q, m - 1] = ex[q, 0]  # a duplicate counts once
     ex[0, 0] = 299  # the last id
     distinct = max(len(set(row[row >= 0].tolist())) for row in ex)
-    scores = cur_ref.fma_chain_scores(C, Ef, Sf, bf16=dtype == "bfloat16")
+    scores = cur_ref.fma_chain_scores(C, Ef, Sf)
     for k in (1, 10, n - distinct):
         v, i = embkern.score_topk(torch.from_numpy(C), E, k, exclude=torch.from_numpy(ex), scales=S)
         rv, ri = cur_ref.topk_from_scores(scores, k, ex)
@@ -268,8 +268,7 @@ def test_build_storage_dtypes(dtype):
     assert (approx - exact).abs().max() <= tol * exact.abs().max()
     v, i = index.topk(c, 10)
     Ef = index.E.float().numpy()
-    rv, ri = cur_ref.score_topk(c.numpy(), Ef, 10, scales=None if index.scales is None else index.scales.numpy(),
-                                bf16=dtype == torch.bfloat16)
+    rv, ri = cur_ref.score_topk(c.numpy(), Ef, 10, scales=None if index.scales is None else index.scales.numpy())
     np.testing.assert_array_equal(i.numpy(), ri)
     v, i = index.topk(c, 10, exclude=torch.from_numpy(ri[:, :3]))
     np.testing.assert_array_equal(i.numpy()[:, :7], ri[:, 3:])

@@ -46,19 +46,8 @@ __device__ __forceinline__ float key_value(uint64_t key) {
 
 __device__ __forceinline__ int64_t key_id(uint64_t key) { return int64_t(0xFFFFFFFFu - uint32_t(key & 0xFFFFFFFFu)); }
 
-__device__ __forceinline__ float flush_denormal(float x) { return fabsf(x) < 1.17549435e-38f ? copysignf(0.0f, x) : x; }
-
-// bfloat16 -> float32 (denormals flushed: VDPBF16PS numerics, see cur_kernels.h).
-__device__ __forceinline__ float bf16_value(uint16_t b) { return flush_denormal(__uint_as_float(uint32_t(b) << 16)); }
-
-__device__ __forceinline__ float round_to_bf16(float x) {
-  uint32_t u = __float_as_uint(x);
-  u = (u + 0x7FFFu + ((u >> 16) & 1u)) & 0xFFFF0000u;
-  return flush_denormal(__uint_as_float(u));
-}
-
 __device__ __forceinline__ float load_e(const void* E, int etype, int64_t idx) {
-  if (etype == 1) return bf16_value(static_cast<const uint16_t*>(E)[idx]);
+  if (etype == 1) return __uint_as_float(uint32_t(static_cast<const uint16_t*>(E)[idx]) << 16);
   if (etype == 2) return float(static_cast<const int8_t*>(E)[idx]);
   return static_cast<const float*>(E)[idx];
 }
@@ -92,13 +81,9 @@ __global__ void score_chunk_kernel(const float* __restrict__ C, int64_t nq, int6
   const int64_t qg = int64_t(blockIdx.x) % nqg, chunk = int64_t(blockIdx.x) / nqg;
   const int64_t q0 = qg * kQ, col0 = chunk * kChunk;
   const int nqb = int(nq - q0 < kQ ? nq - q0 : kQ);
-  // Slots of the FMA chain: j = 0..r-1, or for bfloat16 the VDPBF16PS order (row s ^ 1, C rounded
-  // to bfloat16, a zero row padding an odd r; cur_kernels.h).
-  const bool bf16 = etype == 1;
-  const int64_t rs = bf16 ? (r + 1) / 2 * 2 : r;
-  for (int64_t i = threadIdx.x; i < int64_t(kQ) * rs; i += blockDim.x) {
-    const int64_t q = i / rs, s = i % rs, j = bf16 ? (s ^ 1) : s;
-    cs[i] = q < nqb && j < r ? (bf16 ? round_to_bf16(C[(q0 + q) * r + j]) : C[(q0 + q) * r + j]) : 0.0f;
+  for (int64_t i = threadIdx.x; i < int64_t(kQ) * r; i += blockDim.x) {
+    const int64_t q = i / r;
+    cs[i] = q < nqb ? C[(q0 + q) * r + i % r] : 0.0f;
   }
   __syncthreads();
   float acc[kQ][kCols];
@@ -109,19 +94,15 @@ __global__ void score_chunk_kernel(const float* __restrict__ C, int64_t nq, int6
   int64_t col[kCols];
 #pragma unroll
   for (int c = 0; c < kCols; ++c) col[c] = col0 + threadIdx.x + c * kThreads;
-  for (int64_t s = 0; s < rs; ++s) {
-    const int64_t j = bf16 ? (s ^ 1) : s;
+  for (int64_t j = 0; j < r; ++j) {
     float e[kCols];
 #pragma unroll
-    for (int c = 0; c < kCols; ++c) e[c] = col[c] < n && j < r ? load_e(E, etype, j * n + col[c]) : 0.0f;
+    for (int c = 0; c < kCols; ++c) e[c] = col[c] < n ? load_e(E, etype, j * n + col[c]) : 0.0f;
 #pragma unroll
     for (int q = 0; q < kQ; ++q) {
-      const float cq = cs[q * rs + s];
+      const float cq = cs[q * r + j];
 #pragma unroll
-      for (int c = 0; c < kCols; ++c) {
-        const float a = fmaf(cq, e[c], acc[q][c]);
-        acc[q][c] = bf16 ? flush_denormal(a) : a;
-      }
+      for (int c = 0; c < kCols; ++c) acc[q][c] = fmaf(cq, e[c], acc[q][c]);
     }
   }
   if (etype == 2) {
@@ -231,7 +212,7 @@ void score_topk(const float* C, int64_t nq, int64_t r, const void* E, int etype,
   if (workspace_bytes < (p.keys_a + p.keys_b) * sizeof(uint64_t)) throw std::runtime_error("score_topk CUDA: workspace too small");
   if (p.nqg * p.nchunks > int64_t(0x7FFFFFFF)) throw std::runtime_error("score_topk CUDA: too many blocks (B x N too large)");
   uint64_t* buf[2] = {static_cast<uint64_t*>(workspace), static_cast<uint64_t*>(workspace) + p.keys_a};
-  const size_t smem = kChunk * sizeof(uint64_t) + size_t(kQ) * size_t((r + 1) / 2 * 2) * sizeof(float);
+  const size_t smem = kChunk * sizeof(uint64_t) + size_t(kQ) * size_t(r) * sizeof(float);
   if (smem > 48 * 1024) check(cudaFuncSetAttribute(score_chunk_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)), "shared memory for C (r too large)");
   score_chunk_kernel<<<unsigned(p.nqg * p.nchunks), kThreads, smem, stream>>>(C, nq, r, E, etype, scales, n, ex_ids,
                                                                              ex_offsets, p.nqg, p.nchunks, p.L0, buf[0]);

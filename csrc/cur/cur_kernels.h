@@ -3,11 +3,8 @@
 //
 // Numerics (identical on every ISA, so every path returns the same bits): each score is
 //   acc = 0; for j in 0..r-1: acc = fma(C[b, j], e(j, n), acc);   (int8: acc = acc * scale[n])
-// where e(j, n) is E's element converted exactly to float32 (int8 by integer -> float). The vector
-// kernels keep that order (they vectorize over columns and queries).
-// bfloat16 E follows VDPBF16PS instead (the AVX512_BF16 path runs that instruction, the others
-// reproduce it): C[b, j] is rounded to bfloat16 (ties to even), the rows are taken in pairs with the
-// odd row first (j = 1, 0, 3, 2, ...; a zero row pads an odd r), denormals are flushed to zero.
+// where e(j, n) is E's element converted exactly to float32 (bfloat16 by a 16-bit shift, int8 by
+// integer -> float). The vector kernels keep that order (they vectorize over columns and queries).
 #pragma once
 #include <cstdint>
 
@@ -42,6 +39,5 @@ struct Exclusions {
 void score_topk_scan_scalar(EMBKERN_CUR_SCAN_ARGS);
 void score_topk_scan_avx2(EMBKERN_CUR_SCAN_ARGS);
 void score_topk_scan_avx512(EMBKERN_CUR_SCAN_ARGS);
-void score_topk_scan_avx512bf16(EMBKERN_CUR_SCAN_ARGS);  // VDPBF16PS for bfloat16 E
 
 }  // namespace embkern::cur

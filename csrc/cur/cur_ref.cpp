@@ -7,25 +7,6 @@
 namespace embkern::cur {
 
 void score_topk_scan_scalar(EMBKERN_CUR_SCAN_ARGS) {
-  if (etype == kBF16) {  // VDPBF16PS numerics (cur_common.h)
-    const FlushDenormals flush;
-    const int64_t rs = bf16_slots(r);
-    const std::vector<float> cs = bf16_slot_queries(C, nq, r);
-    for (int64_t n = col_begin; n < col_end; ++n) {
-      for (int64_t q = 0; q < nq; ++q) {
-        float acc = 0.0f;
-        for (int64_t s = 0; s < rs; ++s) {
-          const int64_t j = s ^ 1;
-          acc = std::fma(cs[q * rs + s], j < r ? e_value(E, etype, j * ld + n) : 0.0f, acc);
-        }
-        if (std::isnan(acc) || is_excluded(ex, q, n)) continue;
-        ScoreHeap heap(heaps.vals + q * heaps.k, heaps.ids + q * heaps.k, heaps.k, heaps.size[q]);
-        heap.push(acc, n);
-        heaps.size[q] = heap.size();
-      }
-    }
-    return;
-  }
   for (int64_t n = col_begin; n < col_end; ++n) {
     for (int64_t q = 0; q < nq; ++q) {
       float acc = 0.0f;

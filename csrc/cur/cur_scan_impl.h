@@ -15,7 +15,6 @@
 #include <cmath>
 #include <limits>
 #include <memory>
-#include <optional>
 #include <vector>
 
 #include "cur/cur_common.h"
@@ -32,23 +31,16 @@ inline AlignedFloats aligned_floats(int64_t n) {
   return AlignedFloats(static_cast<float*>(std::aligned_alloc(64, bytes)));
 }
 
-// Columns [col0, col0 + ncols) of E as float32 strips: strip s holds panel[s*R*SW + j*SW + c] =
-// e(row(j), col0 + s*SW + c), zero past ncols. R = r and row(j) = j, except for bfloat16 (VDPBF16PS
-// order, cur_common.h): R = r rounded up to even, row(j) = j ^ 1, a zero row where that is >= r.
+// Columns [col0, col0 + ncols) of E as float32 strips: strip s holds panel[s*r*SW + j*SW + c] =
+// e(j, col0 + s*SW + c), zero past ncols.
 template <class V, int ET>
 void pack_panel(const void* E, int64_t ld, int64_t r, int64_t col0, int64_t ncols, float* panel) {
   constexpr int64_t L = V::kLanes, SW = 2 * L;
-  const int64_t slots = ET == kBF16 ? bf16_slots(r) : r;
   const int64_t padded = (ncols + SW - 1) / SW * SW;
   const int64_t full_vecs = ncols / L;
-  for (int64_t j = 0; j < slots; ++j) {
-    const int64_t src = ET == kBF16 ? (j ^ 1) : j;
+  for (int64_t j = 0; j < r; ++j) {
+    const int64_t row = j * ld + col0;
     float* dst_row = panel + j * SW;
-    if (src >= r) {
-      for (int64_t c = 0; c < padded; ++c) dst_row[(c / SW) * slots * SW + c % SW] = 0.0f;
-      continue;
-    }
-    const int64_t row = src * ld + col0;
     for (int64_t v = 0; v < full_vecs; ++v) {
       typename V::Vec x;
       if constexpr (ET == kBF16)
@@ -57,10 +49,10 @@ void pack_panel(const void* E, int64_t ld, int64_t r, int64_t col0, int64_t ncol
         x = V::load_i8(static_cast<const int8_t*>(E) + row + v * L);
       else
         x = V::load(static_cast<const float*>(E) + row + v * L);
-      V::store(dst_row + (v / 2) * slots * SW + (v % 2) * L, x);
+      V::store(dst_row + (v / 2) * r * SW + (v % 2) * L, x);
     }
     for (int64_t c = full_vecs * L; c < padded; ++c)
-      dst_row[(c / SW) * slots * SW + c % SW] = c < ncols ? e_value(E, ET, row + c) : 0.0f;
+      dst_row[(c / SW) * r * SW + c % SW] = c < ncols ? e_value(E, ET, row + c) : 0.0f;
   }
 }
 
@@ -76,28 +68,6 @@ struct TileCtx {
 __attribute__((noinline)) inline void offer_lanes_cold(const TileCtx& t, int64_t q, const float* vals, int64_t col,
                                                         uint32_t mask) {
   offer_lanes(t.heaps, t.ex, t.qb, q, vals, col, mask);
-}
-
-// Offers the scores of a register tile (out[b][s][h][lane], columns col0 + s*SW + h*L + lane) that
-// beat their query's bar.
-template <class V, int MB, int S>
-inline void offer_tile(const TileCtx& t, float (*out)[S][2][V::kLanes], int64_t q0, int64_t col0) {
-  using Vec = typename V::Vec;
-  constexpr int L = V::kLanes, SW = 2 * L;
-  for (int b = 0; b < MB; ++b) {
-    const int64_t q = q0 + b;
-    for (int s = 0; s < S; ++s)
-      for (int h = 0; h < 2; ++h) {
-        const int64_t col = col0 + s * SW + h * L;
-        if (col >= t.col_end) break;
-        const uint32_t valid = t.col_end - col >= L ? uint32_t((uint64_t(1) << L) - 1)
-                                                    : uint32_t((uint64_t(1) << (t.col_end - col)) - 1);
-        const Vec v = V::load(out[b][s][h]);
-        const uint32_t pass = t.qb.full[q] ? V::gt_mask(v, V::set1(t.qb.bar[q])) : V::ord_mask(v);
-        const uint32_t mask = pass & valid;
-        if (mask) offer_lanes_cold(t, q, out[b][s][h], col, mask);
-      }
-  }
 }
 
 // Queries [q0, q0 + MB) x strips [strip0, strip0 + S) (S strips of SW columns starting at global
@@ -142,7 +112,20 @@ inline void tile_kernel(const TileCtx& t, const float* strip0, int64_t strip_str
 #pragma GCC unroll 16
       for (int b = 0; b < MB; ++b) V::store(out[b][s][h], scale != nullptr ? V::mul(acc[b][s][h], sc) : acc[b][s][h]);
     }
-  offer_tile<V, MB, S>(t, out, q0, col0);
+  for (int b = 0; b < MB; ++b) {
+    const int64_t q = q0 + b;
+    for (int s = 0; s < S; ++s)
+      for (int h = 0; h < 2; ++h) {
+        const int64_t col = col0 + s * SW + h * L;
+        if (col >= t.col_end) break;
+        const uint32_t valid = t.col_end - col >= L ? uint32_t((uint64_t(1) << L) - 1)
+                                                    : uint32_t((uint64_t(1) << (t.col_end - col)) - 1);
+        const Vec v = V::load(out[b][s][h]);
+        const uint32_t pass = t.qb.full[q] ? V::gt_mask(v, V::set1(t.qb.bar[q])) : V::ord_mask(v);
+        const uint32_t mask = pass & valid;
+        if (mask) offer_lanes_cold(t, q, out[b][s][h], col, mask);
+      }
+  }
 }
 
 // Calls body.template operator()<MB>() for 1 <= mb <= 12.
@@ -181,8 +164,7 @@ inline typename V::Vec load_e_vec(const void* E, int64_t idx) {
 constexpr int64_t kDirectCols = 1024;
 
 template <class V, int ET, int NQ>
-void scan_direct(const TileCtx& t, const void* E, const float* scales, int64_t ld, int64_t col_begin, int64_t r_rows) {
-  // t.r slots of C; slot j reads row j (bfloat16: row j ^ 1, zero past r_rows; see pack_panel).
+void scan_direct(const TileCtx& t, const void* E, const float* scales, int64_t ld, int64_t col_begin) {
   using Vec = typename V::Vec;
   constexpr int64_t L = V::kLanes;
   constexpr int64_t kLine = 64 / (ET == kF32 ? 4 : ET == kBF16 ? 2 : 1);  // elements per cache line
@@ -193,24 +175,22 @@ void scan_direct(const TileCtx& t, const void* E, const float* scales, int64_t l
     const int64_t nvec = ncols / L, padded = (ncols + L - 1) / L * L;
     for (int q = 0; q < NQ; ++q) std::fill(acc[q], acc[q] + padded, 0.0f);
     int64_t j = 0;
-    const int64_t r_grouped = ET == kBF16 ? (r_rows & ~int64_t(1)) : r;  // slots whose rows all exist
-    constexpr int64_t x1 = ET == kBF16 ? 1 : 0;  // slot j reads row j ^ x1
-    for (; j + 4 <= r_grouped; j += 4) {
+    for (; j + 4 <= r; j += 4) {
       Vec cv[NQ][4];
 #pragma GCC unroll 4
       for (int q = 0; q < NQ; ++q)
 #pragma GCC unroll 4
         for (int i = 0; i < 4; ++i) cv[q][i] = V::set1(t.C[q * r + j + i]);
       const int64_t row = j * ld + col;
-      const bool pf = j + 8 <= r_grouped;
+      const bool pf = j + 8 <= r;
       for (int64_t v = 0; v < nvec; ++v) {
         const int64_t off = row + v * L;
         if (pf && (v * L) % kLine == 0)
 #pragma GCC unroll 4
           for (int i = 0; i < 4; ++i)
             __builtin_prefetch(static_cast<const char*>(E) + (off + (4 + i) * ld) * (ET == kF32 ? 4 : ET == kBF16 ? 2 : 1));
-        const Vec e0 = load_e_vec<V, ET>(E, off + (0 ^ x1) * ld), e1 = load_e_vec<V, ET>(E, off + (1 ^ x1) * ld);
-        const Vec e2 = load_e_vec<V, ET>(E, off + (2 ^ x1) * ld), e3 = load_e_vec<V, ET>(E, off + (3 ^ x1) * ld);
+        const Vec e0 = load_e_vec<V, ET>(E, off), e1 = load_e_vec<V, ET>(E, off + ld);
+        const Vec e2 = load_e_vec<V, ET>(E, off + 2 * ld), e3 = load_e_vec<V, ET>(E, off + 3 * ld);
 #pragma GCC unroll 4
         for (int q = 0; q < NQ; ++q) {
           Vec a = V::load(acc[q] + v * L);
@@ -224,19 +204,17 @@ void scan_direct(const TileCtx& t, const void* E, const float* scales, int64_t l
       for (int64_t c = nvec * L; c < ncols; ++c)  // tail columns: the same fma chain, scalar
         for (int q = 0; q < NQ; ++q)
           for (int i = 0; i < 4; ++i)
-            acc[q][c] = std::fma(t.C[q * r + j + i], e_value(E, ET, row + (i ^ x1) * ld + c), acc[q][c]);
+            acc[q][c] = std::fma(t.C[q * r + j + i], e_value(E, ET, row + i * ld + c), acc[q][c]);
     }
     for (; j < r; ++j) {
-      const int64_t src = j ^ x1;
-      const int64_t row = src * ld + col;
+      const int64_t row = j * ld + col;
       for (int64_t v = 0; v < nvec; ++v) {
-        const Vec e = src < r_rows ? load_e_vec<V, ET>(E, row + v * L) : V::zero();
+        const Vec e = load_e_vec<V, ET>(E, row + v * L);
         for (int q = 0; q < NQ; ++q)
           V::store(acc[q] + v * L, V::fmadd(V::set1(t.C[q * r + j]), e, V::load(acc[q] + v * L)));
       }
       for (int64_t c = nvec * L; c < ncols; ++c)
-        for (int q = 0; q < NQ; ++q)
-          acc[q][c] = std::fma(t.C[q * r + j], src < r_rows ? e_value(E, ET, row + c) : 0.0f, acc[q][c]);
+        for (int q = 0; q < NQ; ++q) acc[q][c] = std::fma(t.C[q * r + j], e_value(E, ET, row + c), acc[q][c]);
     }
     if constexpr (ET == kI8)
       for (int q = 0; q < NQ; ++q)
@@ -265,27 +243,19 @@ void scan_typed(EMBKERN_CUR_SCAN_ARGS) {
     full[q] = heaps.size[q] == heaps.k;
     if (full[q]) bar[q] = heaps.vals[q * heaps.k];  // the root: worst kept
   }
-  // bfloat16: VDPBF16PS numerics (cur_common.h): rounded, reordered C over the padded slots.
-  std::optional<FlushDenormals> flush;
-  std::vector<float> cslots;
-  const int64_t slots = ET == kBF16 ? bf16_slots(r) : r;
-  if constexpr (ET == kBF16) {
-    flush.emplace();
-    cslots = bf16_slot_queries(C, nq, r);
-  }
-  const TileCtx t{ET == kBF16 ? cslots.data() : C, slots, col_end, heaps, ex, QueryBars{bar.data(), full.data()}};
+  const TileCtx t{C, r, col_end, heaps, ex, QueryBars{bar.data(), full.data()}};
   switch (nq) {  // few queries: stream E without packing
-    case 1: return scan_direct<V, ET, 1>(t, E, scales, ld, col_begin, r);
-    case 2: return scan_direct<V, ET, 2>(t, E, scales, ld, col_begin, r);
-    case 3: return scan_direct<V, ET, 3>(t, E, scales, ld, col_begin, r);
-    case 4: return scan_direct<V, ET, 4>(t, E, scales, ld, col_begin, r);
+    case 1: return scan_direct<V, ET, 1>(t, E, scales, ld, col_begin);
+    case 2: return scan_direct<V, ET, 2>(t, E, scales, ld, col_begin);
+    case 3: return scan_direct<V, ET, 3>(t, E, scales, ld, col_begin);
+    case 4: return scan_direct<V, ET, 4>(t, E, scales, ld, col_begin);
     default: break;
   }
-  AlignedFloats panel = aligned_floats(slots * nb);
+  AlignedFloats panel = aligned_floats(r * nb);
   AlignedFloats pscale = aligned_floats(nb);
   const int64_t tiles = (nq + V::kMaxRows - 1) / V::kMaxRows;
   const int64_t rows_per_tile = (nq + tiles - 1) / tiles;
-  const int64_t strip_stride = slots * SW;
+  const int64_t strip_stride = r * SW;
 
   for (int64_t p = col_begin; p < col_end; p += nb) {
     const int64_t ncols = std::min(nb, col_end - p);

@@ -16,24 +16,14 @@ def f32_to_bf16_bits(x: np.ndarray) -> np.ndarray:
     return (u >> 16).astype(np.uint16)
 
 
-def fma_chain_scores(C: np.ndarray, E: np.ndarray, scales: np.ndarray | None = None, bf16: bool = False) -> np.ndarray:
+def fma_chain_scores(C: np.ndarray, E: np.ndarray, scales: np.ndarray | None = None) -> np.ndarray:
     """scores[b, n] = the float32 chain acc = fma(C[b, j], E[j, n], acc), j = 0..r-1 (then * scale[n]).
     The product of two float32 values is exact in float64 and the sum is rounded to float32 once
-    more, which equals a fused multiply-add except for double rounding (probability ~2^-29 per step).
-    bf16=True (E stored as bfloat16): VDPBF16PS numerics: C rounded to bfloat16, rows in pairs with
-    the odd row first, a zero row padding an odd r (denormal flushing is not modelled)."""
+    more, which equals a fused multiply-add except for double rounding (probability ~2^-29 per step)."""
     C = C.astype(np.float32)
     E = E.astype(np.float32)
-    r = C.shape[1]
-    order = list(range(r))
-    if bf16:
-        C = bf16_to_f32(f32_to_bf16_bits(C))
-        order = [s ^ 1 for s in range((r + 1) // 2 * 2)]
     acc = np.zeros((C.shape[0], E.shape[1]), dtype=np.float32)
-    for j in order:
-        if j >= r:  # the zero padding row: acc + 0 (turns -0 into +0)
-            acc = (acc.astype(np.float64) + 0.0).astype(np.float32)
-            continue
+    for j in range(C.shape[1]):
         acc = (C[:, j : j + 1].astype(np.float64) * E[j].astype(np.float64) + acc.astype(np.float64)).astype(np.float32)
     if scales is not None:
         acc = (acc * scales.astype(np.float32)).astype(np.float32)
@@ -58,5 +48,5 @@ def topk_from_scores(scores: np.ndarray, k: int, exclude: np.ndarray | None = No
     return vals, ids
 
 
-def score_topk(C, E, k, exclude=None, scales=None, bf16=False):
-    return topk_from_scores(fma_chain_scores(C, E, scales, bf16), k, exclude)
+def score_topk(C, E, k, exclude=None, scales=None):
+    return topk_from_scores(fma_chain_scores(C, E, scales), k, exclude)
