@@ -1,15 +1,15 @@
-// The vector fused score + top-k kernel, written once over a lane-traits class V and instantiated
+// The vector fused score + top-k kernels, written once over a lane-traits class V and instantiated
 // by cur_avx2.cpp and cur_avx512.cpp with their own flags. V provides:
 //   kLanes, kMaxRows (queries per register tile), Vec, zero, load, store, set1, fmadd, mul,
 //   gt_mask(a, b) (lanes a > b, false for NaN), ord_mask(a) (lanes not NaN),
 //   load_bf16(const uint16_t*), load_i8(const int8_t*) (exact conversions to float32).
 //
-// Blocking (GEMM style): a panel of E's columns (about 512 KB as float32, so it stays in L2 while
-// every query tile sweeps it) is packed into strips of 2*kLanes columns x r rows, contiguous, so a
-// strip (r x 32 floats = 32 KB at r = 256) stays in L1 across the query tiles. The register tile is
-// up to kMaxRows queries x 2 vectors (24 zmm accumulators on AVX-512); with one or two queries it
-// spans several strips instead, so enough independent FMAs are in flight. After the r-long FMA
-// chain, each score vector is compared once with the query's bar; only winners reach the heap.
+// Many queries (compute bound), GEMM style: a panel of E's columns (about 512 KB as float32, so it
+// stays in L2 while every query tile sweeps it) is packed into strips of 2*kLanes columns x r rows,
+// contiguous, so a strip (r x 32 floats = 32 KB at r = 256) stays in L1 across the query tiles. The
+// register tile is up to kMaxRows queries x 2 vectors (24 zmm accumulators on AVX-512). After the
+// r-long FMA chain, each score vector is compared once with the query's bar; only winners reach
+// the heap. Few queries (bandwidth bound): scan_direct streams E without packing.
 // The B x N score matrix is never written.
 #pragma once
 #include <cmath>
