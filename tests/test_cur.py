@@ -191,6 +191,7 @@ def test_score_topk_opcheck():
     torch.library.opcheck(torch.ops.embkern.score_topk, (C, E, 5, torch.tensor([[1, -1], [2, 3], [-1, -1]]), None))
     torch.library.opcheck(torch.ops.embkern.score_topk, (C, E.to(torch.int8), 5, None, torch.rand(100)))
     torch.library.opcheck(torch.ops.embkern.score_topk, (C, E.bfloat16(), 7))
+    torch.library.opcheck(torch.ops.embkern.score_topk, (C.clone().requires_grad_(), E.clone().requires_grad_(), 6))
 
 
 def test_score_topk_torch_compile():
@@ -390,3 +391,24 @@ def test_search_bad_inputs():
         embkern.anncur_search(index, None, q, k=2, k_rerank=3)
     with pytest.raises(ValueError, match="score_fn returned shape"):
         embkern.anncur_search(index, lambda qs, ids: np.zeros((3, 3), np.float32), q, k=2, k_rerank=3)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "int8"])
+def test_score_topk_autograd_matches_gathered_matmul(dtype):
+    rng = np.random.default_rng(21)
+    C = torch.from_numpy(rng.standard_normal((4, 12)).astype(np.float32)).requires_grad_()
+    if dtype == "int8":
+        E, S = torch.from_numpy(rng.integers(-127, 128, size=(12, 300), dtype=np.int8)), torch.rand(300)
+        Ef = E.float() * S
+    else:
+        E = torch.from_numpy(rng.standard_normal((12, 300)).astype(np.float32)).requires_grad_()
+        S, Ef = None, E
+    v, i = embkern.score_topk(C, E, 7, scales=S)
+    g = torch.from_numpy(rng.standard_normal((4, 7)).astype(np.float32))
+    got = torch.autograd.grad(v, [C] + ([E] if dtype == "float32" else []), g)
+    want_v = (C @ Ef).gather(1, i)
+    want = torch.autograd.grad(want_v, [C] + ([E] if dtype == "float32" else []), g)
+    torch.testing.assert_close(v, want_v.detach(), rtol=1e-5, atol=1e-5)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    assert not i.requires_grad

@@ -43,7 +43,8 @@ def score_topk(C: ArrayLike, E: ArrayLike, k: int, exclude: Optional[ArrayLike] 
         ``(scores float32 [B, k], ids int64 [B, k])``, best first, ties to the lower id. Every score is
         one fused multiply-add chain over r in order (the same bits on every CPU path and on CUDA);
         bfloat16 / int8 E elements are converted to float32 exactly. Items whose score is NaN are
-        never returned (fewer than k left raises ValueError).
+        never returned (fewer than k left raises ValueError). The scores are differentiable with
+        respect to C and float32 E (through the selected columns).
     """
     numpy_out = not isinstance(C, torch.Tensor)
     c, one = as_2d(as_tensor(C, "C"), "C")
