@@ -57,7 +57,7 @@ def main(full: bool = False) -> str:
     for b in (64, 1):
         C = torch.randn(b, r, generator=g)
         Cb = C.bfloat16()
-        rep = 3 if b == 64 else 10
+        rep = 3 if b == 64 else 5
         for storage, Et in (("fp32", E), ("bf16", Eb)):
             case = f"B={b} N={n} r={r} top-{k} E {storage}"
             nbytes = Et.numel() * Et.element_size()
