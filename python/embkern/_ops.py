@@ -42,3 +42,42 @@ def _int8_topk_fake(queries, database, k, metric="dot", database_norms=None):
     torch._check(queries.dim() == 2 and database.dim() == 2, lambda: "int8_topk: queries and database must be 2-D")
     nq = queries.shape[0]
     return (queries.new_empty((nq, k), dtype=torch.float32), queries.new_empty((nq, k), dtype=torch.int64))
+# ---- cur ---------------------------------------------------------------------------------------
+
+
+@register_fake("embkern::score_topk")
+def _score_topk_fake(C, E, k, exclude=None, scales=None):
+    torch._check(C.dim() == 2, lambda: f"score_topk: C must be a 2-D tensor, got {C.dim()}-D")
+    torch._check(E.dim() == 2, lambda: f"score_topk: E must be a 2-D tensor, got {E.dim()}-D")
+    b = C.shape[0]
+    return C.new_empty((b, k), dtype=torch.float32), C.new_empty((b, k), dtype=torch.int64)
+
+
+def _score_topk_setup_context(ctx, inputs, output):
+    C, E, k, exclude, scales = inputs
+    _, ids = output
+    ctx.mark_non_differentiable(ids)
+    ctx.save_for_backward(C, E, ids, scales)
+
+
+def _score_topk_backward(ctx, grad_vals, grad_ids):
+    # scores[b, i] = (scale[id]) * sum_j C[b, j] E[j, id]: the selection is piecewise constant, so the
+    # gradient flows through the selected columns only.
+    C, E, ids, scales = ctx.saved_tensors
+    b, k = ids.shape
+    r = E.shape[0]
+    flat = ids.reshape(-1)
+    cols = E.index_select(1, flat).to(torch.float32)  # [r, B*k]
+    if scales is not None:
+        cols = cols * scales.index_select(0, flat)
+    grad_C = grad_E = None
+    if ctx.needs_input_grad[0]:
+        grad_C = torch.einsum("bk,rbk->br", grad_vals, cols.view(r, b, k))
+    if ctx.needs_input_grad[1]:
+        w = grad_vals.reshape(-1) if scales is None else grad_vals.reshape(-1) * scales.index_select(0, flat)
+        contrib = C.repeat_interleave(k, dim=0).t() * w  # [r, B*k]
+        grad_E = torch.zeros(E.shape, dtype=torch.float32, device=E.device).index_add_(1, flat, contrib).to(E.dtype)
+    return grad_C, grad_E, None, None, None
+
+
+torch.library.register_autograd("embkern::score_topk", _score_topk_backward, setup_context=_score_topk_setup_context)
