@@ -16,9 +16,9 @@ void forward_pooled(const ForwardArgs& a, cudaStream_t stream);
 void forward_none(const ForwardArgs& a, cudaStream_t stream);
 
 // Per value i: slot_row[i] (grad row), scale[i] (accumulation type); per (value, probe) pair at
-// pair_base[f] + (i - first value of f) * P_f + p: keys = row, codes = i * G + g.
+// pair_base[f] + (i - first value of f) * P_f + p: keys = row, codes = (i << probe_bits) | g.
 // keys / codes are [2, P]: row 0 is filled here, row 1 is the sort's second buffer.
-void prepare_pairs(const MuxLayout& L, int pooling, bool f64, const void* psw, const int64_t* pair_base,
+void prepare_pairs(const MuxLayout& L, int pooling, int probe_bits, bool f64, const void* psw, const int64_t* pair_base,
                    int64_t* slot_row, void* scale, uint64_t* keys, uint64_t* codes, cudaStream_t stream);
 size_t sort_segments_temp_bytes(int64_t num_pairs, int bits);
 // Stable radix sort of the pairs by row (CUB), leaving them in row 0 of keys / codes; unique rows,

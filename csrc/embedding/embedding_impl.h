@@ -166,7 +166,7 @@ template <class V, class T, int NR, bool PART>
 inline __attribute__((always_inline)) void pool_block(const T* w, int64_t D, int64_t d0, int64_t dn,
                                                       const int64_t* rows, const typename V::A* scales, int64_t n,
                                                       int64_t pf_avail, typename V::A* out, bool mean,
-                                                      bool accumulate, bool prefetch) {
+                                                      bool accumulate, bool prefetch, int64_t pf) {
   using Reg = typename V::Reg;
   constexpr int L = V::kLanes;
   const int last = int(dn - (NR - 1) * L);
@@ -175,7 +175,7 @@ inline __attribute__((always_inline)) void pool_block(const T* w, int64_t D, int
   for (int k = 0; k < NR; ++k) acc[k] = V::zero();
   const int64_t row_bytes = D * int64_t(sizeof(T));
   for (int64_t j = 0; j < n; ++j) {
-    if (prefetch && j + kPrefetchAhead < pf_avail) prefetch_bytes(w + rows[j + kPrefetchAhead] * D, row_bytes);
+    if (prefetch && j + pf < pf_avail) prefetch_bytes(w + rows[j + pf] * D, row_bytes);
     const T* r = w + rows[j] * D + d0;
     if (scales) {
       const Reg s = V::set1(scales[j]);
@@ -213,58 +213,87 @@ inline __attribute__((always_inline)) void pool_block(const T* w, int64_t D, int
 
 template <class V, class T>
 void pool_segment(const T* w, int64_t D, const int64_t* rows, const typename V::A* scales, int64_t n, int64_t pf_avail,
-                  typename V::A* out, bool mean, bool accumulate) {
+                  typename V::A* out, bool mean, bool accumulate, int64_t pf = kPrefetchAhead) {
   constexpr int64_t kBlock = int64_t(kMaxRegs) * V::kLanes;
   for (int64_t d0 = 0; d0 < D; d0 += kBlock) {
     const int64_t dn = std::min(kBlock, D - d0);
     dispatch_regs<V::kLanes>(dn, [&]<int NR, bool PART>() {
-      pool_block<V, T, NR, PART>(w, D, d0, dn, rows, scales, n, pf_avail, out, mean, accumulate, d0 == 0);
+      pool_block<V, T, NR, PART>(w, D, d0, dn, rows, scales, n, pf_avail, out, mean, accumulate, d0 == 0 && pf > 0, pf);
     });
   }
+}
+
+// Hashes the bags of batch rows [b, ...) into rows / scales / segs until about kBlockPairs rows
+// are queued; returns the first batch row not taken. Kept scalar: short loops (a bag has a few ids)
+// gain nothing from vectorizing, and GCC's AVX-512 version of them measured slower.
+template <class A>
+__attribute__((noinline, optimize("no-tree-vectorize"))) int64_t hash_block(
+    const ForwardArgs& a, int64_t b, int64_t b_end, std::vector<int64_t>& rows, std::vector<A>& scales,
+    std::vector<Segment>& segs) {
+  const MuxLayout& L = a.L;
+  const A* psw = static_cast<const A*>(a.psw);
+  const int64_t D = a.dim, B = L.batch, F = L.num_features;
+  const bool concat = a.combine == kCombineConcat;
+  rows.clear();
+  scales.clear();
+  segs.clear();
+  for (; b < b_end && int64_t(rows.size()) < kBlockPairs; ++b) {
+    for (int64_t f = 0; f < F; ++f) {
+      const int64_t s = L.offsets[f * B + b], e = L.offsets[f * B + b + 1];
+      const int64_t g0 = L.probe_offsets[f], g1 = L.probe_offsets[f + 1], n = e - s;
+      const size_t at = rows.size();
+      rows.resize(at + size_t(n * (g1 - g0)));
+      int64_t* out = rows.data() + at;
+      for (int64_t g = g0; g < g1; ++g)
+        segs.push_back({int64_t(at) + (g - g0) * n, n, b * a.out_cols + (concat ? g * D : 0), !concat});
+      for (int64_t i = 0; i < n; ++i) {
+        const uint64_t pm = mix64(value_bits(L, s + i));
+        for (int64_t g = g0; g < g1; ++g)
+          out[(g - g0) * n + i] = probe_row(pm, L.keys[g], L.row_base[g], L.row_size[g]);
+      }
+      if (psw)
+        for (int64_t g = g0; g < g1; ++g) scales.insert(scales.end(), psw + s, psw + e);
+    }
+  }
+  return b;
 }
 
 template <class V, class T>
 void forward_pooled_t(const ForwardArgs& a, int64_t b_begin, int64_t b_end) {
   using A = typename V::A;
-  const MuxLayout& L = a.L;
   const T* w = static_cast<const T*>(a.weight);
-  const A* psw = static_cast<const A*>(a.psw);
   A* out = static_cast<A*>(a.out);
-  const int64_t D = a.dim, B = L.batch, F = L.num_features;
-  const bool concat = a.combine == kCombineConcat, mean = a.pooling == kPoolMean;
+  const int64_t D = a.dim;
+  const bool mean = a.pooling == kPoolMean, concat = a.combine == kCombineConcat;
   std::vector<int64_t> rows;
   std::vector<A> scales;
   std::vector<Segment> segs;
-  std::vector<uint64_t> premixed;
   rows.reserve(kBlockPairs * 2);
-  for (int64_t b = b_begin; b < b_end;) {
-    rows.clear();
-    scales.clear();
-    segs.clear();
-    const int64_t first = b;
-    // Hash a block of batch rows first, so that rows of the next bags can be prefetched.
-    for (; b < b_end && int64_t(rows.size()) < kBlockPairs; ++b) {
-      for (int64_t f = 0; f < F; ++f) {
-        const int64_t s = L.offsets[f * B + b], e = L.offsets[f * B + b + 1];
-        premixed.resize(size_t(e - s));
-        for (int64_t i = s; i < e; ++i) premixed[size_t(i - s)] = mix64(value_bits(L, i));
-        for (int64_t g = L.probe_offsets[f]; g < L.probe_offsets[f + 1]; ++g) {
-          segs.push_back({int64_t(rows.size()), e - s, b * a.out_cols + (concat ? g * D : 0), !concat});
-          const uint64_t key = L.keys[g];
-          const int64_t base = L.row_base[g], size = L.row_size[g];
-          for (int64_t i = s; i < e; ++i) rows.push_back(probe_row(premixed[size_t(i - s)], key, base, size));
-          if (psw)
-            for (int64_t i = s; i < e; ++i) scales.push_back(psw[i]);
+  constexpr int64_t kBlock = int64_t(kMaxRegs) * V::kLanes;
+  const auto run = [&]<int NR, bool PART>() {
+    for (int64_t b = b_begin; b < b_end;) {
+      const int64_t first = b;
+      b = hash_block<A>(a, b, b_end, rows, scales, segs);
+      if (!concat)
+        for (int64_t r = first; r < b; ++r) std::fill(out + r * a.out_cols, out + r * a.out_cols + D, A(0));
+      const int64_t total = int64_t(rows.size());
+      const A* sc = a.psw ? scales.data() : nullptr;
+      for (const Segment& sg : segs) {
+        if constexpr (NR > 0) {  // the whole row in registers: one pass per bag
+          pool_block<V, T, NR, PART>(w, D, 0, D, rows.data() + sg.start, sc ? sc + sg.start : nullptr, sg.n,
+                                     total - sg.start, out + sg.out_off, mean, sg.accumulate, a.prefetch > 0,
+                                     a.prefetch);
+        } else {
+          pool_segment<V, T>(w, D, rows.data() + sg.start, sc ? sc + sg.start : nullptr, sg.n, total - sg.start,
+                             out + sg.out_off, mean, sg.accumulate, a.prefetch);
         }
       }
     }
-    if (!concat)
-      for (int64_t r = first; r < b; ++r) std::fill(out + r * a.out_cols, out + r * a.out_cols + D, A(0));
-    const int64_t total = int64_t(rows.size());
-    for (const Segment& sg : segs)
-      pool_segment<V, T>(w, D, rows.data() + sg.start, psw ? scales.data() + sg.start : nullptr, sg.n,
-                         total - sg.start, out + sg.out_off, mean, sg.accumulate);
-  }
+  };
+  if (D <= kBlock)
+    dispatch_regs<V::kLanes>(D, run);
+  else
+    run.template operator()<0, false>();
 }
 
 template <class V, class T>
@@ -319,18 +348,20 @@ inline __attribute__((always_inline)) void segment_block(const BackwardArgs& a, 
   const int last = int(dn - (NR - 1) * L);
   const A* grad = static_cast<const A*>(a.grad);
   const A* scale = static_cast<const A*>(a.scale);
-  const int64_t G = a.num_probes, D = a.dim;
+  const int gbits = a.probe_bits;
+  const uint64_t gmask = (uint64_t(1) << gbits) - 1;
+  const int64_t D = a.dim;
   Reg acc[NR];
 #pragma GCC unroll 8
   for (int k = 0; k < NR; ++k) acc[k] = V::zero();
   for (int64_t p = p0; p < p1; ++p) {
     const uint64_t code = a.codes[p];
-    const int64_t i = int64_t(code / uint64_t(G)), g = int64_t(code % uint64_t(G));
+    const int64_t i = int64_t(code >> gbits), g = int64_t(code & gmask);
     const A* src = grad + a.slot_row[i] * a.grad_stride + a.g_col[g] + d0;
-    if (p + 8 < p1) {
+    if (p + 8 < p1) {  // the gradient slots are scattered over the [B, G*D] output gradient
       const uint64_t c2 = a.codes[p + 8];
-      const int64_t i2 = int64_t(c2 / uint64_t(G)), g2 = int64_t(c2 % uint64_t(G));
-      __builtin_prefetch(grad + a.slot_row[i2] * a.grad_stride + a.g_col[g2] + d0, 0, 3);
+      prefetch_bytes(grad + a.slot_row[int64_t(c2 >> gbits)] * a.grad_stride + a.g_col[int64_t(c2 & gmask)] + d0,
+                     dn * int64_t(sizeof(A)));
     }
     const Reg s = V::set1(scale[i]);
 #pragma GCC unroll 8
@@ -392,9 +423,12 @@ void backward_segments_t(const BackwardArgs& a, int64_t u_begin, int64_t u_end) 
   const int64_t D = a.dim;
   constexpr int64_t kBlock = int64_t(kMaxRegs) * V::kLanes;
   std::vector<A> rowbuf(a.mode == kRowwiseAdagrad ? size_t(D) : 0);
+  const bool in_place = a.mode != kWriteRow;
   for (int64_t u = u_begin; u < u_end; ++u) {
     const int64_t p0 = a.seg_start[u], p1 = a.seg_start[u + 1];
     const uint64_t row = a.rows[p0];
+    if (in_place && u + 2 < u_end)  // the weight row two segments ahead, read-modify-written then
+      prefetch_bytes(static_cast<const T*>(a.weight) + int64_t(a.rows[a.seg_start[u + 2]]) * D, D * int64_t(sizeof(T)));
     for (int64_t d0 = 0; d0 < D; d0 += kBlock) {
       const int64_t dn = std::min(kBlock, D - d0);
       dispatch_regs<V::kLanes>(dn, [&]<int NR, bool PART>() {

@@ -66,6 +66,7 @@ struct ForwardArgs {
   const void* psw = nullptr;
   void* out = nullptr;
   int64_t out_cols = 0;
+  int64_t prefetch = 16;  // software prefetch distance in rows (0: off)
 };
 #define EMBKERN_EMB_FWD_ARGS const ForwardArgs &a, int64_t b_begin, int64_t b_end
 void forward_pooled_scalar(EMBKERN_EMB_FWD_ARGS);
@@ -81,8 +82,9 @@ void forward_none_avx2(EMBKERN_EMB_NONE_ARGS);
 void forward_none_avx512(EMBKERN_EMB_NONE_ARGS);
 
 // ---- backward ----------------------------------------------------------------------------------
-// The op sorts (row, code) pairs, code = i * G + g for value i and probe g, by row (stable, so codes
-// ascend inside a row) and finds the unique rows. Each unique row u owns sorted pairs
+// The op sorts (row, code) pairs, code = (i << probe_bits) | g for value i and probe g (probe_bits =
+// bit width of G - 1: decoding is a shift, and codes ascend in (i, g) order), by row (stable, so
+// codes ascend inside a row) and finds the unique rows. Each unique row u owns sorted pairs
 // [seg_start[u], seg_start[u + 1]); its gradient is sum over them, in that order, of
 //   scale[i] * grad[slot_row[i] * grad_stride + g_col[g] .. + D)   (one fma per element)
 // and is then written out (kWriteRow: out + u*D, or out + row*D when out_by_row) or applied in place.
@@ -90,7 +92,7 @@ struct BackwardArgs {
   const uint64_t* rows = nullptr;   // sorted rows [P]
   const uint64_t* codes = nullptr;  // codes in the same order [P]
   const int64_t* seg_start = nullptr;  // [U + 1]
-  int64_t num_probes = 0;           // G (decodes the codes)
+  int probe_bits = 0;               // decodes the codes
   int64_t dim = 0;                  // D
   const void* grad = nullptr;       // accumulation type
   int64_t grad_stride = 0;

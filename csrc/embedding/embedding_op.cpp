@@ -322,7 +322,9 @@ std::vector<Tensor> backward_cpu(const char* op, BackwardOut kind, const Tensor&
     pair_base[size_t(f + 1)] =
         pair_base[size_t(f)] + checked_mul(o[(f + 1) * B] - o[f * B], po[f + 1] - po[f], op, "the number of (value, probe) pairs");
   const int64_t P = pair_base[size_t(F)];
-  checked_mul(N, G, op, "values x probes");
+  const int gbits = bit_width(uint64_t(std::max<int64_t>(G - 1, 0)));
+  TORCH_CHECK_VALUE(N == 0 || bit_width(uint64_t(N - 1)) + gbits <= 64, op, ": ", N, " values x ", G,
+                    " probes do not fit the 64-bit pair codes");
   Tensor dense, sparse_rows, sparse_vals;
   if (kind == BackwardOut::Dense) dense = at::zeros({p.M, D}, opts.dtype(acc));
   if (P == 0) {
@@ -355,7 +357,7 @@ std::vector<Tensor> backward_cpu(const char* op, BackwardOut kind, const Tensor&
           for (int64_t q = 0; q < P_f; ++q) {
             const int64_t gg = po[f] + q;
             kp[at0 + q] = uint64_t(probe_row(pm, L.keys[gg], L.row_base[gg], L.row_size[gg]));
-            cp[at0 + q] = uint64_t(i) * uint64_t(G) + uint64_t(gg);
+            cp[at0 + q] = (uint64_t(i) << gbits) | uint64_t(gg);
           }
         }
       }
@@ -400,7 +402,7 @@ std::vector<Tensor> backward_cpu(const char* op, BackwardOut kind, const Tensor&
   a.rows = ks;
   a.codes = cs;
   a.seg_start = ss;
-  a.num_probes = G;
+  a.probe_bits = gbits;
   a.dim = D;
   a.grad = g.data_ptr();
   a.grad_stride = g.size(1);
@@ -567,7 +569,9 @@ std::vector<Tensor> backward_cuda(const char* op, BackwardOut kind, const Tensor
     pair_base[size_t(f + 1)] =
         pair_base[size_t(f)] + checked_mul(fb[f + 1] - fb[f], po[f + 1] - po[f], op, "the number of (value, probe) pairs");
   const int64_t P = pair_base[size_t(F)];
-  checked_mul(N, G, op, "values x probes");
+  const int gbits = bit_width(uint64_t(std::max<int64_t>(G - 1, 0)));
+  TORCH_CHECK_VALUE(N == 0 || bit_width(uint64_t(N - 1)) + gbits <= 64, op, ": ", N, " values x ", G,
+                    " probes do not fit the 64-bit pair codes");
   Tensor dense;
   if (kind == BackwardOut::Dense) dense = at::zeros({p.M, D}, opts.dtype(acc));
   if (P == 0) {
@@ -591,7 +595,7 @@ std::vector<Tensor> backward_cuda(const char* op, BackwardOut kind, const Tensor
   Tensor num_runs = at::empty({1}, opts.dtype(at::kLong));
   const cudaStream_t stream = current_stream(weight);
   const MuxLayout L = layout_of(p);
-  cuda::prepare_pairs(L, p.pooling, acc == at::kDouble, p.psw.defined() ? p.psw.data_ptr() : nullptr,
+  cuda::prepare_pairs(L, p.pooling, gbits, acc == at::kDouble, p.psw.defined() ? p.psw.data_ptr() : nullptr,
                       d_pair_base.data_ptr<int64_t>(), slot_row.data_ptr<int64_t>(), scale.data_ptr(),
                       reinterpret_cast<uint64_t*>(keys.data_ptr<int64_t>()),
                       reinterpret_cast<uint64_t*>(codes.data_ptr<int64_t>()), stream);
@@ -605,7 +609,7 @@ std::vector<Tensor> backward_cuda(const char* op, BackwardOut kind, const Tensor
   a.rows = reinterpret_cast<const uint64_t*>(keys.data_ptr<int64_t>());
   a.codes = reinterpret_cast<const uint64_t*>(codes.data_ptr<int64_t>());
   a.seg_start = seg_start.data_ptr<int64_t>();
-  a.num_probes = G;
+  a.probe_bits = gbits;
   a.dim = D;
   a.grad = g.data_ptr();
   a.grad_stride = g.size(1);
