@@ -603,11 +603,11 @@ std::vector<Tensor> backward_cuda(const char* op, BackwardOut kind, const Tensor
                                         reinterpret_cast<uint64_t*>(codes.data_ptr<int64_t>()), P, bits, tmp.data_ptr(),
                                         tmp_bytes, unique_rows.data_ptr<int64_t>(), seg_start.data_ptr<int64_t>(),
                                         num_runs.data_ptr<int64_t>(), stream);
-  // keys/codes row 0 now hold the sorted pairs.
+  // keys / codes row 1 now hold the sorted pairs.
   Tensor gsum = at::empty({U, D}, opts.dtype(acc));
   BackwardArgs a;
-  a.rows = reinterpret_cast<const uint64_t*>(keys.data_ptr<int64_t>());
-  a.codes = reinterpret_cast<const uint64_t*>(codes.data_ptr<int64_t>());
+  a.rows = reinterpret_cast<const uint64_t*>(keys.data_ptr<int64_t>()) + P;
+  a.codes = reinterpret_cast<const uint64_t*>(codes.data_ptr<int64_t>()) + P;
   a.seg_start = seg_start.data_ptr<int64_t>();
   a.probe_bits = gbits;
   a.dim = D;
@@ -667,6 +667,18 @@ void rowwise_adagrad_cuda(const Tensor& weight, const Tensor& momentum, const Te
   backward_cuda(op, BackwardOut::RowwiseAdagrad, grad, weight, p, lr, eps, momentum);
 }
 
+// The per-sample-weight gradient is a small, rare path: computed by the CPU kernel on copies.
+Tensor psw_backward_cuda(const Tensor& grad, const Tensor& weight, EMBKERN_EMB_LAYOUT_PARAMS) {
+  const auto cpu = [](const std::optional<Tensor>& t) -> std::optional<Tensor> {
+    return t.has_value() ? std::optional<Tensor>(t->cpu()) : std::nullopt;
+  };
+  check_same_device(weight, "weight", grad, "grad", "mux_embedding_bag_psw_backward");
+  return psw_backward_cpu(grad.cpu(), weight.cpu(), values.cpu(), offsets.cpu(), probe_offsets.cpu(),
+                          probe_row_base.cpu(), probe_row_size.cpu(), probe_keys.cpu(), pooling, combine,
+                          cpu(per_sample_weights))
+      .to(weight.device());
+}
+
 Tensor fused_forward_cuda(const Tensor& weight, const Tensor& momentum, EMBKERN_EMB_LAYOUT_PARAMS,
                           c10::string_view optimizer, double lr, double eps) {
   const char* op = "mux_embedding_bag_fused";
@@ -717,6 +729,7 @@ TORCH_LIBRARY_IMPL(embkern, CUDA, m) {
   m.impl("mux_embedding_bag", &mux_embedding_bag_cuda);
   m.impl("mux_embedding_bag_backward", &backward_dense_cuda);
   m.impl("mux_embedding_bag_backward_sparse", &backward_sparse_cuda);
+  m.impl("mux_embedding_bag_psw_backward", &psw_backward_cuda);
   m.impl("mux_embedding_bag_sgd_", &sgd_cuda);
   m.impl("mux_embedding_bag_rowwise_adagrad_", &rowwise_adagrad_cuda);
   m.impl("mux_embedding_bag_fused", &fused_forward_cuda);
