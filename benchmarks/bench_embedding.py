@@ -107,7 +107,7 @@ def main(full: bool = False) -> str:
 
     if not torch.allclose(composition(), ours, rtol=1e-5, atol=1e-6):
         raise AssertionError("torch composition disagrees with embkern")
-    add(case_f, "torch composition (hash ops + F.embedding_bag per probe + cat)", timeit(composition, repeat=5),
+    add(case_f, "torch composition (hash ops + F.embedding_bag per probe + cat)", timeit(composition, repeat=3),
         rows_bytes)
 
     # ---- forward + backward + SGD --------------------------------------------------------------
@@ -134,7 +134,7 @@ def main(full: bool = False) -> str:
         out.view(G, B, D).transpose(0, 1).reshape(B, G * D).backward(gout)
         opt.step()
 
-    add(case_t, "F.embedding_bag(sparse=True) + torch.optim.SGD, pre-hashed rows", timeit(sparse_step, repeat=5),
+    add(case_t, "F.embedding_bag(sparse=True) + torch.optim.SGD, pre-hashed rows", timeit(sparse_step, repeat=3),
         train_bytes)
 
     # same update from both (one step from the same start)
@@ -147,6 +147,7 @@ def main(full: bool = False) -> str:
     if not torch.allclose(w_a, w_b, rtol=1e-5, atol=1e-7):
         raise AssertionError("fused SGD and torch sparse SGD disagree")
 
+    tbe_step = None
     try:
         from fbgemm_gpu.split_embedding_configs import EmbOptimType
         from fbgemm_gpu.split_table_batched_embeddings_ops_common import EmbeddingLocation, PoolingMode
@@ -173,6 +174,23 @@ def main(full: bool = False) -> str:
             tbe(pre_rows, tbe_offsets).backward(gout)
 
         add(case_t, "FBGEMM TBE CPU 1.8.0 EXACT_SGD (pre-hashed rows)", timeit(tbe_step, repeat=3), train_bytes)
+
+    # One thread: steadier ratios on a shared machine (each row's case says so).
+    torch.set_num_threads(1)
+    try:
+        case_1 = f"forward, 1 thread, M={M} D={D} B={B} F={Fn} ids={ids} P={P}"
+        add(case_1, f"embkern ({embkern.get_isa()})",
+            timeit(lambda: OPS.mux_embedding_bag(weight, *lay, "sum", "concat", None, False), repeat=5), rows_bytes)
+        add(case_1, "F.embedding_bag, pre-hashed rows (all probes, one call)",
+            timeit(lambda: F.embedding_bag(pre_rows, weight, pre_offsets, mode="sum"), repeat=5), rows_bytes)
+        case_1t = f"fwd+bwd+SGD, 1 thread, M={M} D={D} B={B} F={Fn} ids={ids} P={P}"
+        add(case_1t, f"embkern fused SGD ({embkern.get_isa()})", timeit(ours_step, repeat=5), train_bytes)
+        add(case_1t, "F.embedding_bag(sparse=True) + torch.optim.SGD, pre-hashed rows", timeit(sparse_step, repeat=3),
+            train_bytes)
+        if tbe_step is not None:
+            add(case_1t, "FBGEMM TBE CPU 1.8.0 EXACT_SGD (pre-hashed rows)", timeit(tbe_step, repeat=3), train_bytes)
+    finally:
+        torch.set_num_threads(threads)
 
     notes.append(f"pairs (value, probe) = {N * P}, unique rows touched U = {U}; forward row bytes = "
                  f"{rows_bytes / 1e6:.1f} MB, training step bytes = {train_bytes / 1e6:.1f} MB.")

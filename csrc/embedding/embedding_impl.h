@@ -125,6 +125,7 @@ struct ScalarLanes {
 constexpr int kMaxRegs = 8;       // registers of accumulators per block of a row
 constexpr int64_t kPrefetchAhead = 16;  // rows ahead (FBGEMM's SpMDM distance)
 constexpr int64_t kBlockPairs = 256;    // (value, probe) rows hashed before accumulating
+constexpr int64_t kGradPrefetchAhead = 12;  // backward: pairs ahead
 
 inline void prefetch_bytes(const void* p, int64_t bytes) {
   const char* c = static_cast<const char*>(p);
@@ -340,8 +341,9 @@ inline A sum_squares_16(const A* g, int64_t D) {
 }
 
 template <class V, class T, int NR, bool PART>
-inline __attribute__((always_inline)) void segment_block(const BackwardArgs& a, int64_t p0, int64_t p1, uint64_t row,
-                                                         int64_t u, int64_t d0, int64_t dn, typename V::A* rowbuf) {
+inline __attribute__((always_inline)) void segment_block(const BackwardArgs& a, int64_t p0, int64_t p1, int64_t p_last,
+                                                         uint64_t row, int64_t u, int64_t d0, int64_t dn,
+                                                         typename V::A* rowbuf) {
   using A = typename V::A;
   using Reg = typename V::Reg;
   constexpr int L = V::kLanes;
@@ -358,8 +360,10 @@ inline __attribute__((always_inline)) void segment_block(const BackwardArgs& a, 
     const uint64_t code = a.codes[p];
     const int64_t i = int64_t(code >> gbits), g = int64_t(code & gmask);
     const A* src = grad + a.slot_row[i] * a.grad_stride + a.g_col[g] + d0;
-    if (p + 8 < p1) {  // the gradient slots are scattered over the [B, G*D] output gradient
-      const uint64_t c2 = a.codes[p + 8];
+    // The gradient slots are scattered over the [B, G*D] output gradient; a unique row has few
+    // pairs, so prefetch across rows up to the end of this task's range.
+    if (p + kGradPrefetchAhead < p_last) {
+      const uint64_t c2 = a.codes[p + kGradPrefetchAhead];
       prefetch_bytes(grad + a.slot_row[int64_t(c2 >> gbits)] * a.grad_stride + a.g_col[int64_t(c2 & gmask)] + d0,
                      dn * int64_t(sizeof(A)));
     }
@@ -424,15 +428,16 @@ void backward_segments_t(const BackwardArgs& a, int64_t u_begin, int64_t u_end) 
   constexpr int64_t kBlock = int64_t(kMaxRegs) * V::kLanes;
   std::vector<A> rowbuf(a.mode == kRowwiseAdagrad ? size_t(D) : 0);
   const bool in_place = a.mode != kWriteRow;
+  const int64_t p_last = a.seg_start[u_end];
   for (int64_t u = u_begin; u < u_end; ++u) {
     const int64_t p0 = a.seg_start[u], p1 = a.seg_start[u + 1];
     const uint64_t row = a.rows[p0];
-    if (in_place && u + 2 < u_end)  // the weight row two segments ahead, read-modify-written then
-      prefetch_bytes(static_cast<const T*>(a.weight) + int64_t(a.rows[a.seg_start[u + 2]]) * D, D * int64_t(sizeof(T)));
+    if (in_place && u + 4 < u_end)  // the weight row four segments ahead, read-modify-written then
+      prefetch_bytes(static_cast<const T*>(a.weight) + int64_t(a.rows[a.seg_start[u + 4]]) * D, D * int64_t(sizeof(T)));
     for (int64_t d0 = 0; d0 < D; d0 += kBlock) {
       const int64_t dn = std::min(kBlock, D - d0);
       dispatch_regs<V::kLanes>(dn, [&]<int NR, bool PART>() {
-        segment_block<V, T, NR, PART>(a, p0, p1, row, u, d0, dn, rowbuf.data());
+        segment_block<V, T, NR, PART>(a, p0, p1, p_last, row, u, d0, dn, rowbuf.data());
       });
     }
     if (a.mode == kRowwiseAdagrad) {
