@@ -357,13 +357,13 @@ inline __attribute__((always_inline)) void segment_block(const BackwardArgs& a, 
 #pragma GCC unroll 8
   for (int k = 0; k < NR; ++k) acc[k] = V::zero();
   for (int64_t p = p0; p < p1; ++p) {
-    const uint64_t code = a.codes[p];
+    const uint64_t code = a.codes[p] & a.code_mask;
     const int64_t i = int64_t(code >> gbits), g = int64_t(code & gmask);
     const A* src = grad + a.slot_row[i] * a.grad_stride + a.g_col[g] + d0;
     // The gradient slots are scattered over the [B, G*D] output gradient; a unique row has few
     // pairs, so prefetch across rows up to the end of this task's range.
     if (p + kGradPrefetchAhead < p_last) {
-      const uint64_t c2 = a.codes[p + kGradPrefetchAhead];
+      const uint64_t c2 = a.codes[p + kGradPrefetchAhead] & a.code_mask;
       prefetch_bytes(grad + a.slot_row[int64_t(c2 >> gbits)] * a.grad_stride + a.g_col[int64_t(c2 & gmask)] + d0,
                      dn * int64_t(sizeof(A)));
     }
@@ -431,9 +431,9 @@ void backward_segments_t(const BackwardArgs& a, int64_t u_begin, int64_t u_end) 
   const int64_t p_last = a.seg_start[u_end];
   for (int64_t u = u_begin; u < u_end; ++u) {
     const int64_t p0 = a.seg_start[u], p1 = a.seg_start[u + 1];
-    const uint64_t row = a.rows[p0];
+    const uint64_t row = a.rows[p0] >> a.row_shift;
     if (in_place && u + 4 < u_end)  // the weight row four segments ahead, read-modify-written then
-      prefetch_bytes(static_cast<const T*>(a.weight) + int64_t(a.rows[a.seg_start[u + 4]]) * D, D * int64_t(sizeof(T)));
+      prefetch_bytes(static_cast<const T*>(a.weight) + int64_t(a.rows[a.seg_start[u + 4]] >> a.row_shift) * D, D * int64_t(sizeof(T)));
     for (int64_t d0 = 0; d0 < D; d0 += kBlock) {
       const int64_t dn = std::min(kBlock, D - d0);
       dispatch_regs<V::kLanes>(dn, [&]<int NR, bool PART>() {

@@ -93,6 +93,10 @@ struct BackwardArgs {
   const uint64_t* codes = nullptr;  // codes in the same order [P]
   const int64_t* seg_start = nullptr;  // [U + 1]
   int probe_bits = 0;               // decodes the codes
+  // Packed pairs: rows[p] >> row_shift is the row and codes[p] & code_mask the code (rows and codes
+  // may then be the same array); row_shift = 0 and code_mask = ~0 for separate arrays.
+  int row_shift = 0;
+  uint64_t code_mask = ~uint64_t(0);
   int64_t dim = 0;                  // D
   const void* grad = nullptr;       // accumulation type
   int64_t grad_stride = 0;

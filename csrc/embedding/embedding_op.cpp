@@ -263,16 +263,17 @@ Tensor mux_embedding_bag_cpu(const Tensor& weight, const Tensor& values, const T
   return forward_acc_cpu(p, weight).to(weight.scalar_type());
 }
 
-// Stable LSD radix sort of (key, value) pairs by the low `bits` bits of key, 8 bits per pass (256
-// buckets: 11-bit digits measured slower, their 2 x 2048 scatter streams thrash the caches). The
-// chunking does not depend on the thread count, and a stable sort of distinct (key, value) pairs has
-// one result, so the output is the same for any number of threads.
-void radix_sort_pairs(uint64_t*& keys, uint64_t*& vals, uint64_t* keys_tmp, uint64_t* vals_tmp, int64_t n, int bits) {
+// Stable LSD radix sort of keys (and their values, when vals is not null) by key bits
+// [lo_bit, lo_bit + bits), 8 bits per pass (256 buckets: 11-bit digits measured slower, their
+// scatter streams thrash the caches). The chunking does not depend on the thread count, and a
+// stable sort has one result, so the output is the same for any number of threads.
+void radix_sort(uint64_t*& keys, uint64_t*& vals, uint64_t* keys_tmp, uint64_t* vals_tmp, int64_t n, int lo_bit,
+                int bits) {
   constexpr int kDigitBits = 8, kBuckets = 1 << kDigitBits;
   constexpr int64_t kChunk = 1 << 15;
   const int64_t chunks = (n + kChunk - 1) / kChunk;
   std::vector<int64_t> hist(size_t(chunks * kBuckets));
-  for (int shift = 0; shift < bits; shift += kDigitBits) {
+  for (int shift = lo_bit; shift < lo_bit + bits; shift += kDigitBits) {
     std::fill(hist.begin(), hist.end(), 0);
     at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
       for (int64_t c = c0; c < c1; ++c) {
@@ -293,12 +294,12 @@ void radix_sort_pairs(uint64_t*& keys, uint64_t*& vals, uint64_t* keys_tmp, uint
         for (int64_t j = c * kChunk, e = std::min(n, (c + 1) * kChunk); j < e; ++j) {
           const int64_t dst = h[(keys[j] >> shift) & (kBuckets - 1)]++;
           keys_tmp[dst] = keys[j];
-          vals_tmp[dst] = vals[j];
+          if (vals) vals_tmp[dst] = vals[j];
         }
       }
     });
     std::swap(keys, keys_tmp);
-    std::swap(vals, vals_tmp);
+    if (vals) std::swap(vals, vals_tmp);
   }
 }
 
@@ -339,9 +340,16 @@ std::vector<Tensor> backward_cpu(const char* op, BackwardOut kind, const Tensor&
   // Per value: the grad row it reads and its scale (1, its per-sample weight, or 1 / bag length).
   Tensor slot_row = at::empty({N}, opts.dtype(at::kLong)), scale = at::empty({N}, opts.dtype(acc));
   int64_t* sr = slot_row.data_ptr<int64_t>();
-  Tensor keys = at::empty({P}, opts.dtype(at::kLong)), codes = at::empty({P}, opts.dtype(at::kLong));
+  // When row bits + code bits fit in 64, each pair is one word (row << code_bits | code): the sort
+  // moves half the bytes. Otherwise rows and codes are separate arrays.
+  const int row_bits = bit_width(uint64_t(p.M - 1));
+  const int code_bits = N == 0 ? gbits : bit_width(uint64_t(N - 1)) + gbits;
+  const bool packed = row_bits + code_bits <= 64;
+  const int rshift = packed ? code_bits : 0;
+  const uint64_t cmask = packed ? (code_bits == 64 ? ~uint64_t(0) : (uint64_t(1) << code_bits) - 1) : ~uint64_t(0);
+  Tensor keys = at::empty({P}, opts.dtype(at::kLong)), codes = at::empty({packed ? 0 : P}, opts.dtype(at::kLong));
   uint64_t* kp = reinterpret_cast<uint64_t*>(keys.data_ptr<int64_t>());
-  uint64_t* cp = reinterpret_cast<uint64_t*>(codes.data_ptr<int64_t>());
+  uint64_t* cp = packed ? nullptr : reinterpret_cast<uint64_t*>(codes.data_ptr<int64_t>());
   AT_DISPATCH_FLOATING_TYPES(acc, "mux_embedding_bag_backward", [&] {
     scalar_t* sc = scale.data_ptr<scalar_t>();
     const scalar_t* psw = p.psw.defined() ? p.psw.data_ptr<scalar_t>() : nullptr;
@@ -357,8 +365,14 @@ std::vector<Tensor> backward_cpu(const char* op, BackwardOut kind, const Tensor&
           const int64_t at0 = pair_base[size_t(f)] + (i - o[f * B]) * P_f;
           for (int64_t q = 0; q < P_f; ++q) {
             const int64_t gg = po[f] + q;
-            kp[at0 + q] = uint64_t(probe_row(pm, L.keys[gg], L.row_base[gg], L.row_size[gg]));
-            cp[at0 + q] = (uint64_t(i) << gbits) | uint64_t(gg);
+            const uint64_t row = uint64_t(probe_row(pm, L.keys[gg], L.row_base[gg], L.row_size[gg]));
+            const uint64_t code = (uint64_t(i) << gbits) | uint64_t(gg);
+            if (packed) {
+              kp[at0 + q] = (row << rshift) | code;
+            } else {
+              kp[at0 + q] = row;
+              cp[at0 + q] = code;
+            }
           }
         }
       }
@@ -370,10 +384,11 @@ std::vector<Tensor> backward_cpu(const char* op, BackwardOut kind, const Tensor&
       g_col[size_t(gg)] = p.combine == kCombineSum ? 0 : (p.pooling == kPoolNone ? (gg - po[f]) * D : gg * D);
 
   // Sort pairs by row (stable: codes stay ascending inside a row).
-  Tensor keys_tmp = at::empty({P}, opts.dtype(at::kLong)), codes_tmp = at::empty({P}, opts.dtype(at::kLong));
+  Tensor keys_tmp = at::empty({P}, opts.dtype(at::kLong)), codes_tmp = at::empty({packed ? 0 : P}, opts.dtype(at::kLong));
   uint64_t *ks = kp, *cs = cp;
-  radix_sort_pairs(ks, cs, reinterpret_cast<uint64_t*>(keys_tmp.data_ptr<int64_t>()),
-                   reinterpret_cast<uint64_t*>(codes_tmp.data_ptr<int64_t>()), P, bit_width(uint64_t(p.M - 1)));
+  radix_sort(ks, cs, reinterpret_cast<uint64_t*>(keys_tmp.data_ptr<int64_t>()),
+             packed ? nullptr : reinterpret_cast<uint64_t*>(codes_tmp.data_ptr<int64_t>()), P, rshift, row_bits);
+  if (packed) cs = ks;
 
   // Unique rows: segment starts by a chunked count + scan (fixed chunks: thread-count independent).
   constexpr int64_t kChunk = 1 << 15;
@@ -382,7 +397,7 @@ std::vector<Tensor> backward_cpu(const char* op, BackwardOut kind, const Tensor&
   at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
     for (int64_t c = c0; c < c1; ++c) {
       int64_t cnt = 0;
-      for (int64_t j = c * kChunk, e = std::min(P, (c + 1) * kChunk); j < e; ++j) cnt += (j == 0 || ks[j] != ks[j - 1]);
+      for (int64_t j = c * kChunk, e = std::min(P, (c + 1) * kChunk); j < e; ++j) cnt += (j == 0 || (ks[j] >> rshift) != (ks[j - 1] >> rshift));
       chunk_count[size_t(c + 1)] = cnt;
     }
   });
@@ -394,7 +409,7 @@ std::vector<Tensor> backward_cpu(const char* op, BackwardOut kind, const Tensor&
     for (int64_t c = c0; c < c1; ++c) {
       int64_t u = chunk_count[size_t(c)];
       for (int64_t j = c * kChunk, e = std::min(P, (c + 1) * kChunk); j < e; ++j)
-        if (j == 0 || ks[j] != ks[j - 1]) ss[u++] = j;
+        if (j == 0 || (ks[j] >> rshift) != (ks[j - 1] >> rshift)) ss[u++] = j;
     }
   });
   ss[U] = P;
@@ -402,6 +417,8 @@ std::vector<Tensor> backward_cpu(const char* op, BackwardOut kind, const Tensor&
   BackwardArgs a;
   a.rows = ks;
   a.codes = cs;
+  a.row_shift = rshift;
+  a.code_mask = cmask;
   a.seg_start = ss;
   a.probe_bits = gbits;
   a.dim = D;
@@ -435,7 +452,7 @@ std::vector<Tensor> backward_cpu(const char* op, BackwardOut kind, const Tensor&
     sparse_rows = at::empty({U}, opts.dtype(at::kLong));
     int64_t* rp = sparse_rows.data_ptr<int64_t>();
     at::parallel_for(0, U, 4096, [&](int64_t u0, int64_t u1) {
-      for (int64_t u = u0; u < u1; ++u) rp[u] = int64_t(ks[ss[u]]);
+      for (int64_t u = u0; u < u1; ++u) rp[u] = int64_t(ks[ss[u]] >> rshift);
     });
     return {sparse_rows, sparse_vals.to(weight.scalar_type())};
   }
