@@ -218,6 +218,13 @@ def test_pooling_none_and_int32_ids(isa):
     assert torch.equal(run(w, v, o, lay), run(w, v.to(torch.int64), o, lay))
 
 
+def test_numpy_in_numpy_out():
+    w, v, o, lay = make_problem({"a": 2, "b": 1}, 60, 7, 5, seed=15)
+    got = embkern.mux_embedding_bag(w.numpy(), v.numpy(), o.numpy(), *[t.numpy() for t in lay], "mean", "concat")
+    assert isinstance(got, np.ndarray) and got.dtype == np.float32
+    np.testing.assert_array_equal(got, run(w, v, o, lay, "mean", "concat").numpy())
+
+
 def test_empty_cases(isa):
     po, base, size, keys = embkern.probe_layout({"a": 2, "b": 1}, 50)
     lay = (po, base, size, keys)

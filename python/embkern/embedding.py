@@ -175,18 +175,18 @@ def probe_layout(
 
 
 def mux_embedding_bag(
-    weight: torch.Tensor,
-    values: torch.Tensor,
-    offsets: torch.Tensor,
-    probe_offsets: torch.Tensor,
-    probe_row_base: torch.Tensor,
-    probe_row_size: torch.Tensor,
-    probe_keys: torch.Tensor,
+    weight: ArrayLike,
+    values: ArrayLike,
+    offsets: ArrayLike,
+    probe_offsets: ArrayLike,
+    probe_row_base: ArrayLike,
+    probe_row_size: ArrayLike,
+    probe_keys: ArrayLike,
     pooling: str = "sum",
     combine: str = "concat",
-    per_sample_weights: torch.Tensor | None = None,
+    per_sample_weights: ArrayLike | None = None,
     sparse: bool = False,
-) -> torch.Tensor:
+) -> ArrayLike:
     """``torch.ops.embkern.mux_embedding_bag``: multiplexed hashed embedding bags.
 
     Args:
@@ -200,12 +200,18 @@ def mux_embedding_bag(
         per_sample_weights: ``[N]`` floating, pooling ``"sum"`` only (differentiable).
         sparse: the weight gradient is a coalesced sparse COO tensor instead of a dense one.
     Returns:
-        the pooled embeddings in weight's dtype; empty bags give zeros.
+        the pooled embeddings in weight's dtype; empty bags give zeros. numpy arrays are accepted
+        (zero-copy) and give a numpy result when ``weight`` is one; tensors stay on weight's device.
     """
-    return torch.ops.embkern.mux_embedding_bag(
-        weight, values, offsets, probe_offsets, probe_row_base, probe_row_size, probe_keys, pooling, combine,
-        per_sample_weights, sparse,
-    )
+    numpy_out = not isinstance(weight, torch.Tensor)
+    w = as_tensor(weight, "weight")
+    dev = w.device
+    args = [as_tensor(x, name, dev) for x, name in (
+        (values, "values"), (offsets, "offsets"), (probe_offsets, "probe_offsets"),
+        (probe_row_base, "probe_row_base"), (probe_row_size, "probe_row_size"), (probe_keys, "probe_keys"))]
+    psw = None if per_sample_weights is None else as_tensor(per_sample_weights, "per_sample_weights", dev)
+    out = torch.ops.embkern.mux_embedding_bag(w, *args, pooling, combine, psw, sparse)
+    return to_output(out, numpy_out)
 
 
 class UnifiedEmbedding(torch.nn.Module):
