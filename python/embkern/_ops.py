@@ -81,3 +81,111 @@ def _score_topk_backward(ctx, grad_vals, grad_ids):
 
 
 torch.library.register_autograd("embkern::score_topk", _score_topk_backward, setup_context=_score_topk_setup_context)
+# ---- embedding (DESIGN 3.1) ---------------------------------------------------------------------
+
+
+def _mux_out_shape(weight, values, offsets, probe_offsets, probe_row_base, pooling, combine):
+    F = probe_offsets.shape[0] - 1
+    torch._check(F >= 1, lambda: "mux_embedding_bag: probe_offsets must have F + 1 >= 2 entries")
+    D = weight.shape[1]
+    if pooling == "none":
+        rows = values.shape[0]
+        if combine == "sum":
+            cols = D
+        elif F == 1:
+            cols = probe_row_base.shape[0] * D
+        else:  # max probes per feature: data dependent
+            cols = torch.library.get_ctx().new_dynamic_size() * D
+    else:
+        rows = (offsets.shape[0] - 1) // F
+        cols = D if combine == "sum" else probe_row_base.shape[0] * D
+    return rows, cols
+
+
+@register_fake("embkern::mux_embedding_bag")
+def _mux_embedding_bag_fake(weight, values, offsets, probe_offsets, probe_row_base, probe_row_size, probe_keys,
+                            pooling="sum", combine="concat", per_sample_weights=None, sparse=False):
+    rows, cols = _mux_out_shape(weight, values, offsets, probe_offsets, probe_row_base, pooling, combine)
+    return weight.new_empty((rows, cols))
+
+
+@register_fake("embkern::mux_embedding_bag_fused")
+def _mux_embedding_bag_fused_fake(weight, momentum, values, offsets, probe_offsets, probe_row_base, probe_row_size,
+                                  probe_keys, pooling, combine, per_sample_weights, optimizer, lr, eps=1e-8):
+    rows, cols = _mux_out_shape(weight, values, offsets, probe_offsets, probe_row_base, pooling, combine)
+    return weight.new_empty((rows, cols))
+
+
+@register_fake("embkern::mux_embedding_bag_backward")
+def _mux_backward_fake(grad, weight, *layout):
+    return weight.new_empty(weight.shape)
+
+
+@register_fake("embkern::mux_embedding_bag_backward_sparse")
+def _mux_backward_sparse_fake(grad, weight, *layout):
+    u = torch.library.get_ctx().new_dynamic_size()
+    return weight.new_empty((u,), dtype=torch.int64), weight.new_empty((u, weight.shape[1]))
+
+
+@register_fake("embkern::mux_embedding_bag_psw_backward")
+def _mux_psw_backward_fake(grad, weight, values, *layout):
+    acc = torch.float64 if weight.dtype == torch.float64 else torch.float32
+    return weight.new_empty((values.shape[0],), dtype=acc)
+
+
+@register_fake("embkern::mux_embedding_bag_sgd_")
+def _mux_sgd_fake(weight, grad, *args):
+    return None
+
+
+@register_fake("embkern::mux_embedding_bag_rowwise_adagrad_")
+def _mux_rowwise_adagrad_fake(weight, momentum, grad, *args):
+    return None
+
+
+def _mux_setup_context(ctx, inputs, output):
+    weight, values, offsets, po, base, size, keys, pooling, combine, psw, sparse = inputs
+    ctx.save_for_backward(weight, values, offsets, po, base, size, keys, psw)
+    ctx.pooling, ctx.combine, ctx.sparse = pooling, combine, sparse
+
+
+def _mux_backward(ctx, grad):
+    weight, values, offsets, po, base, size, keys, psw = ctx.saved_tensors
+    layout = (values, offsets, po, base, size, keys, ctx.pooling, ctx.combine, psw)
+    grad = grad.contiguous()
+    g_weight = g_psw = None
+    if ctx.needs_input_grad[0]:
+        if ctx.sparse:
+            rows, vals = torch.ops.embkern.mux_embedding_bag_backward_sparse(grad, weight, *layout)
+            g_weight = torch.sparse_coo_tensor(rows.unsqueeze(0), vals, weight.shape, is_coalesced=True,
+                                               check_invariants=False)
+        else:
+            g_weight = torch.ops.embkern.mux_embedding_bag_backward(grad, weight, *layout)
+    if psw is not None and ctx.needs_input_grad[9]:
+        g_psw = torch.ops.embkern.mux_embedding_bag_psw_backward(grad, weight, *layout).to(psw.dtype)
+    return g_weight, None, None, None, None, None, None, None, None, g_psw, None
+
+
+torch.library.register_autograd("embkern::mux_embedding_bag", _mux_backward, setup_context=_mux_setup_context)
+
+
+def _mux_fused_setup_context(ctx, inputs, output):
+    weight, momentum, values, offsets, po, base, size, keys, pooling, combine, psw, optimizer, lr, eps = inputs
+    ctx.save_for_backward(weight, momentum, values, offsets, po, base, size, keys, psw)
+    ctx.pooling, ctx.combine, ctx.optimizer, ctx.lr, ctx.eps = pooling, combine, optimizer, lr, eps
+
+
+def _mux_fused_backward(ctx, grad):
+    # The optimizer step happens here, in place, on the rows the batch touched: no weight gradient.
+    weight, momentum, values, offsets, po, base, size, keys, psw = ctx.saved_tensors
+    layout = (values, offsets, po, base, size, keys, ctx.pooling, ctx.combine, psw)
+    grad = grad.contiguous()
+    if ctx.optimizer == "sgd":
+        torch.ops.embkern.mux_embedding_bag_sgd_(weight, grad, *layout, ctx.lr)
+    else:
+        torch.ops.embkern.mux_embedding_bag_rowwise_adagrad_(weight, momentum, grad, *layout, ctx.lr, ctx.eps)
+    return (None,) * 14
+
+
+torch.library.register_autograd("embkern::mux_embedding_bag_fused", _mux_fused_backward,
+                                setup_context=_mux_fused_setup_context)

@@ -1,0 +1,204 @@
+"""P1: multiplexed hashed embedding bags. M x D fp32 table, B bags per feature, F features with
+`ids` ids per bag and 2 probes each, concat. Forward, and forward + backward + fused SGD, against
+(same process, same data, same rows):
+  - torch composition: hash v1 by tensor ops, then F.embedding_bag per probe, then cat;
+  - F.embedding_bag on pre-hashed rows (all probes in one call: the hashing-is-free floor);
+  - F.embedding_bag(sparse=True) + torch.optim.SGD (forward + backward + step, pre-hashed rows);
+  - FBGEMM TBE CPU (fbgemm-gpu-cpu 1.8.0) with EXACT_SGD on pre-hashed rows, when importable.
+Row bytes: forward reads pairs * D * 4 bytes (pairs = N * probes); forward + backward + SGD also
+reads and writes each unique row once more (U * D * 4 * 2), and reads the output gradient."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+import embkern
+from _harness import timeit, write
+
+OPS = torch.ops.embkern
+MASK32 = 0xFFFFFFFF
+
+
+def _lsr(x: torch.Tensor, k: int) -> torch.Tensor:
+    """Logical right shift of int64 bits."""
+    return (x >> k) & ((1 << (64 - k)) - 1)
+
+
+def _i64(c: int) -> int:
+    return c - (1 << 64) if c >= (1 << 63) else c
+
+
+def _mix_t(x: torch.Tensor) -> torch.Tensor:
+    x = x + _i64(0x9E3779B97F4A7C15)
+    x = (x ^ _lsr(x, 30)) * _i64(0xBF58476D1CE4E5B9)
+    x = (x ^ _lsr(x, 27)) * _i64(0x94D049BB133111EB)
+    return x ^ _lsr(x, 31)
+
+
+def torch_hash_rows(values: torch.Tensor, key: int, base: int, size: int) -> torch.Tensor:
+    """Hash version 1 by int64 tensor ops (wrapping arithmetic); size < 2^32."""
+    h = _mix_t(_mix_t(values) ^ key)
+    lo, hi = h & MASK32, _lsr(h, 32)
+    return base + _lsr(hi * size + _lsr(lo * size, 32), 32)
+
+
+def main(full: bool = False) -> str:
+    M, D, B, Fn, ids, P = (2_000_000, 64, 4096, 16, 4, 2) if full else (500_000, 64, 4096, 16, 4, 2)
+    threads = torch.get_num_threads()
+    torch.manual_seed(0)
+    feats = {f"f{i}": P for i in range(Fn)}
+    po, base, size, keys = embkern.probe_layout(feats, M)
+    G = Fn * P
+    N = Fn * B * ids
+    values = torch.randint(0, 1 << 40, (N,), dtype=torch.int64)
+    offsets = torch.arange(0, N + 1, ids, dtype=torch.int64)
+    weight = torch.randn(M, D) * 0.01
+    lay = (values, offsets, po, base, size, keys)
+    rows_bytes = N * P * D * 4
+    case_f = f"forward M={M} D={D} B={B} F={Fn} ids={ids} P={P}"
+    case_t = f"fwd+bwd+SGD M={M} D={D} B={B} F={Fn} ids={ids} P={P}"
+    rows_out, notes = [], []
+
+    def add(case, impl, t, nbytes):
+        rows_out.append({"case": case, "impl": impl, **t, "GB_per_s_rows": nbytes / t["median_s"] / 1e9})
+
+    # Pre-hashed rows, (probe, batch) bag order, checked against ours.
+    keys_l, base_l, size_l = keys.tolist(), base.tolist(), size.tolist()
+
+    def hashed_rows() -> torch.Tensor:
+        per_g = []
+        for f in range(Fn):
+            v = values[f * B * ids:(f + 1) * B * ids]
+            for g in range(f * P, (f + 1) * P):
+                per_g.append(torch_hash_rows(v, keys_l[g], base_l[g], size_l[g]))
+        return torch.cat(per_g)
+
+    pre_rows = hashed_rows()
+    pre_offsets = torch.arange(0, G * B * ids + 1, ids, dtype=torch.int64)[:-1]
+    ours = OPS.mux_embedding_bag(weight, *lay, "sum", "concat", None, False)
+    theirs = F.embedding_bag(pre_rows, weight, pre_offsets, mode="sum").view(G, B, D).transpose(0, 1).reshape(B, G * D)
+    if not torch.allclose(ours, theirs, rtol=1e-5, atol=1e-6):
+        raise AssertionError("embkern and the pre-hashed F.embedding_bag disagree")
+    first = embkern.mux_hash(values[:8], "f0", 0, M)
+    if not torch.equal(first, pre_rows[:8]):
+        raise AssertionError("torch tensor-op hash differs from hash version 1")
+
+    # ---- forward -------------------------------------------------------------------------------
+    add(case_f, f"embkern ({embkern.get_isa()})",
+        timeit(lambda: OPS.mux_embedding_bag(weight, *lay, "sum", "concat", None, False), repeat=10), rows_bytes)
+    best = embkern.build_info()["best_isa"]
+    if best == "avx512":
+        embkern.set_isa("avx2")
+        add(case_f, "embkern (avx2)",
+            timeit(lambda: OPS.mux_embedding_bag(weight, *lay, "sum", "concat", None, False), repeat=5), rows_bytes)
+        embkern.set_isa(best)
+    add(case_f, "F.embedding_bag, pre-hashed rows (all probes, one call)",
+        timeit(lambda: F.embedding_bag(pre_rows, weight, pre_offsets, mode="sum"), repeat=10), rows_bytes)
+
+    def composition():
+        outs = []
+        for f in range(Fn):
+            v = values[f * B * ids:(f + 1) * B * ids]
+            off = offsets[f * B:(f + 1) * B] - offsets[f * B]
+            for g in range(f * P, (f + 1) * P):
+                outs.append(F.embedding_bag(torch_hash_rows(v, keys_l[g], base_l[g], size_l[g]), weight, off, mode="sum"))
+        return torch.cat(outs, 1)
+
+    if not torch.allclose(composition(), ours, rtol=1e-5, atol=1e-6):
+        raise AssertionError("torch composition disagrees with embkern")
+    add(case_f, "torch composition (hash ops + F.embedding_bag per probe + cat)", timeit(composition, repeat=3),
+        rows_bytes)
+
+    # ---- forward + backward + SGD --------------------------------------------------------------
+    lr = 0.01
+    gout = torch.randn(B, G * D) * 1e-3
+    U = int(OPS.mux_embedding_bag_backward_sparse(gout, weight, *lay, "sum", "concat", None)[0].numel())
+    train_bytes = rows_bytes + 2 * U * D * 4 + gout.numel() * 4
+
+    w_ours = torch.nn.Parameter(weight.clone())
+    empty = torch.zeros(0)
+
+    def ours_step():
+        out = OPS.mux_embedding_bag_fused(w_ours, empty, *lay, "sum", "concat", None, "sgd", lr)
+        out.backward(gout)
+
+    add(case_t, f"embkern fused SGD ({embkern.get_isa()})", timeit(ours_step, repeat=10), train_bytes)
+
+    w_sp = torch.nn.Parameter(weight.clone())
+    opt = torch.optim.SGD([w_sp], lr=lr)
+
+    def sparse_step():
+        opt.zero_grad(set_to_none=True)
+        out = F.embedding_bag(pre_rows, w_sp, pre_offsets, mode="sum", sparse=True)
+        out.view(G, B, D).transpose(0, 1).reshape(B, G * D).backward(gout)
+        opt.step()
+
+    add(case_t, "F.embedding_bag(sparse=True) + torch.optim.SGD, pre-hashed rows", timeit(sparse_step, repeat=3),
+        train_bytes)
+
+    # same update from both (one step from the same start)
+    w_a, w_b = torch.nn.Parameter(weight.clone()), torch.nn.Parameter(weight.clone())
+    OPS.mux_embedding_bag_fused(w_a, empty, *lay, "sum", "concat", None, "sgd", lr).backward(gout)
+    opt_b = torch.optim.SGD([w_b], lr=lr)
+    F.embedding_bag(pre_rows, w_b, pre_offsets, mode="sum", sparse=True).view(G, B, D).transpose(0, 1).reshape(
+        B, G * D).backward(gout)
+    opt_b.step()
+    if not torch.allclose(w_a, w_b, rtol=1e-5, atol=1e-7):
+        raise AssertionError("fused SGD and torch sparse SGD disagree")
+
+    tbe_step = None
+    try:
+        from fbgemm_gpu.split_embedding_configs import EmbOptimType
+        from fbgemm_gpu.split_table_batched_embeddings_ops_common import EmbeddingLocation, PoolingMode
+        from fbgemm_gpu.split_table_batched_embeddings_ops_training import (
+            ComputeDevice, SplitTableBatchedEmbeddingBagsCodegen)
+    except Exception as e:  # noqa: BLE001 (optional peer: any import failure skips it)
+        notes.append(f"FBGEMM TBE CPU skipped: {type(e).__name__}: {e}")
+    else:
+        tbe = SplitTableBatchedEmbeddingBagsCodegen(
+            embedding_specs=[(M, D, EmbeddingLocation.HOST, ComputeDevice.CPU)],
+            feature_table_map=[0] * G, optimizer=EmbOptimType.EXACT_SGD, learning_rate=lr,
+            pooling_mode=PoolingMode.SUM)
+        with torch.no_grad():
+            tbe.split_embedding_weights()[0].copy_(weight)
+        tbe_offsets = torch.arange(0, G * B * ids + 1, ids, dtype=torch.int64)
+        out_tbe = tbe(pre_rows, tbe_offsets)  # [B, G*D]
+        if not torch.allclose(out_tbe, ours, rtol=1e-5, atol=1e-6):
+            raise AssertionError("FBGEMM TBE and embkern disagree")
+        with torch.no_grad():
+            add(case_f, "FBGEMM TBE CPU 1.8.0 (pre-hashed rows)", timeit(lambda: tbe(pre_rows, tbe_offsets), repeat=5),
+                rows_bytes)
+
+        def tbe_step():
+            tbe(pre_rows, tbe_offsets).backward(gout)
+
+        add(case_t, "FBGEMM TBE CPU 1.8.0 EXACT_SGD (pre-hashed rows)", timeit(tbe_step, repeat=3), train_bytes)
+
+    # One thread: steadier ratios on a shared machine (each row's case says so).
+    torch.set_num_threads(1)
+    try:
+        case_1 = f"forward, 1 thread, M={M} D={D} B={B} F={Fn} ids={ids} P={P}"
+        add(case_1, f"embkern ({embkern.get_isa()})",
+            timeit(lambda: OPS.mux_embedding_bag(weight, *lay, "sum", "concat", None, False), repeat=5), rows_bytes)
+        add(case_1, "F.embedding_bag, pre-hashed rows (all probes, one call)",
+            timeit(lambda: F.embedding_bag(pre_rows, weight, pre_offsets, mode="sum"), repeat=5), rows_bytes)
+        case_1t = f"fwd+bwd+SGD, 1 thread, M={M} D={D} B={B} F={Fn} ids={ids} P={P}"
+        add(case_1t, f"embkern fused SGD ({embkern.get_isa()})", timeit(ours_step, repeat=5), train_bytes)
+        add(case_1t, "F.embedding_bag(sparse=True) + torch.optim.SGD, pre-hashed rows", timeit(sparse_step, repeat=3),
+            train_bytes)
+        if tbe_step is not None:
+            add(case_1t, "FBGEMM TBE CPU 1.8.0 EXACT_SGD (pre-hashed rows)", timeit(tbe_step, repeat=3), train_bytes)
+    finally:
+        torch.set_num_threads(threads)
+
+    notes.append(f"pairs (value, probe) = {N * P}, unique rows touched U = {U}; forward row bytes = "
+                 f"{rows_bytes / 1e6:.1f} MB, training step bytes = {train_bytes / 1e6:.1f} MB.")
+    params = {"M": M, "D": D, "B": B, "F": Fn, "ids_per_bag": ids, "probes": P, "threads": threads, "U": U}
+    return str(write("bench_embedding", full, params, rows_out, notes))
+
+
+if __name__ == "__main__":
+    import sys
+
+    main(full="--full" in sys.argv)

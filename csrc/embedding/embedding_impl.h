@@ -1,0 +1,489 @@
+// The embedding kernels, written once over a lane-traits class V and instantiated by each ISA
+// translation unit with its own flags. V provides (A = accumulation type, Reg = kLanes of A):
+//   zero(), set1(A), load<T>(const T*), load_part<T>(const T*, n)   (T -> A, exact),
+//   add, fma(s, x, acc), div, store(A*, Reg), store_part(A*, Reg, n),
+//   store_w<T>(T*, Reg), store_w_part<T>(T*, Reg, n)                 (A -> T, round to nearest even).
+// A row of D elements is processed in blocks of up to kMaxRegs registers kept in registers across
+// the rows of a bag (or the pairs of a unique row); the last register of a block may be partial.
+#pragma once
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+#include "common/isa_namespace.h"
+#include "embedding/embedding_kernels.h"
+
+namespace embkern::emb {
+inline namespace EMBKERN_ISA_NS {
+
+// ---- scalar conversions (exact widening; narrowing rounds to nearest even, NaN stays NaN) --------
+
+inline float to_f32(float x) { return x; }
+inline double to_f64(double x) { return x; }
+inline float bf16_to_f32(uint16_t h) {
+  const uint32_t u = uint32_t(h) << 16;
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+inline uint16_t f32_to_bf16(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return uint16_t((u >> 16) | 0x40u);  // quiet NaN
+  return uint16_t((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+}
+inline float f16_to_f32(uint16_t h) {
+  const uint32_t sign = uint32_t(h & 0x8000u) << 16;
+  uint32_t exp = (h >> 10) & 0x1fu, mant = h & 0x3ffu, u;
+  if (exp == 0x1f) {
+    u = sign | 0x7f800000u | (mant << 13);
+  } else if (exp == 0) {
+    if (mant == 0) {
+      u = sign;
+    } else {  // subnormal: normalize
+      int e = -1;
+      do {
+        ++e;
+        mant <<= 1;
+      } while (!(mant & 0x400u));
+      u = sign | uint32_t(127 - 15 - e) << 23 | ((mant & 0x3ffu) << 13);
+    }
+  } else {
+    u = sign | (exp + 112u) << 23 | (mant << 13);
+  }
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+inline uint16_t f32_to_f16(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  const uint16_t sign = uint16_t((u >> 16) & 0x8000u);
+  const uint32_t a = u & 0x7fffffffu;
+  if (a > 0x7f800000u) return uint16_t(sign | 0x7e00u | ((a >> 13) & 0x3ffu));  // NaN
+  if (a >= 0x477ff000u) return uint16_t(sign | 0x7c00u);                          // overflow -> inf
+  if (a < 0x38800000u) {  // result subnormal or zero: round (a as value) * 2^24 to an integer, RNE
+    if (a < 0x33000000u) return sign;  // below half the smallest subnormal
+    const uint32_t e = a >> 23, m = (a & 0x7fffffu) | 0x800000u;
+    const int shift = int(126 - e);  // value = m * 2^(e-150); half units: 2^-24 -> shift = 150-24-e
+    const uint32_t q = m >> shift, rem = m & ((1u << shift) - 1), half = 1u << (shift - 1);
+    const uint32_t r = q + ((rem > half || (rem == half && (q & 1u))) ? 1u : 0u);
+    return uint16_t(sign | r);
+  }
+  // normal: rebias and round the 13 dropped bits to nearest even (a carry into the exponent is right)
+  const uint32_t r = a - 0x38000000u;
+  return uint16_t(sign | ((r + 0xfffu + ((r >> 13) & 1u)) >> 13));
+}
+
+template <class T>
+struct Conv;
+template <>
+struct Conv<float> {
+  static float in(float x) { return x; }
+  static float out(float x) { return x; }
+};
+template <>
+struct Conv<double> {
+  static double in(double x) { return x; }
+  static double out(double x) { return x; }
+};
+template <>
+struct Conv<bf16_t> {
+  static float in(bf16_t x) { return bf16_to_f32(x.x); }
+  static bf16_t out(float x) { return bf16_t{f32_to_bf16(x)}; }
+};
+template <>
+struct Conv<f16_t> {
+  static float in(f16_t x) { return f16_to_f32(x.x); }
+  static f16_t out(float x) { return f16_t{f32_to_f16(x)}; }
+};
+
+// Scalar lanes (the portable path; also the float64 path of every ISA).
+template <class A_>
+struct ScalarLanes {
+  using A = A_;
+  using Reg = A_;
+  static constexpr int kLanes = 1;
+  static Reg zero() { return A(0); }
+  static Reg set1(A x) { return x; }
+  template <class T>
+  static Reg load(const T* p) { return A(Conv<T>::in(*p)); }
+  template <class T>
+  static Reg load_part(const T* p, int) { return load(p); }
+  static Reg add(Reg a, Reg b) { return a + b; }
+  static Reg fma(Reg s, Reg x, Reg acc) { return std::fma(s, x, acc); }
+  static Reg div(Reg a, Reg b) { return a / b; }
+  static void store(A* p, Reg r) { *p = r; }
+  static void store_part(A* p, Reg r, int) { *p = r; }
+  template <class T>
+  static void store_w(T* p, Reg r) { *p = Conv<T>::out(r); }
+  template <class T>
+  static void store_w_part(T* p, Reg r, int) { store_w(p, r); }
+};
+
+constexpr int kMaxRegs = 8;       // registers of accumulators per block of a row
+constexpr int64_t kPrefetchAhead = 16;  // rows ahead (FBGEMM's SpMDM distance)
+constexpr int64_t kBlockPairs = 256;    // (value, probe) rows hashed before accumulating
+constexpr int64_t kGradPrefetchAhead = 12;  // backward: pairs ahead
+
+inline void prefetch_bytes(const void* p, int64_t bytes) {
+  const char* c = static_cast<const char*>(p);
+  for (int64_t o = 0; o < bytes; o += 64) __builtin_prefetch(c + o, 0, 3);
+}
+
+// Calls body.template operator()<NR, PART>() for NR registers, the last partial when PART.
+template <int L, class F>
+inline void dispatch_regs(int64_t dn, F&& body) {
+  const int nr = int((dn + L - 1) / L);
+  const bool part = dn % L != 0;
+#define EMBKERN_EMB_CASE(N) \
+  case N:                   \
+    return part ? body.template operator()<N, true>() : body.template operator()<N, false>();
+  switch (nr) {
+    EMBKERN_EMB_CASE(1)
+    EMBKERN_EMB_CASE(2)
+    EMBKERN_EMB_CASE(3)
+    EMBKERN_EMB_CASE(4)
+    EMBKERN_EMB_CASE(5)
+    EMBKERN_EMB_CASE(6)
+    EMBKERN_EMB_CASE(7)
+    default:
+      return part ? body.template operator()<8, true>() : body.template operator()<8, false>();
+  }
+#undef EMBKERN_EMB_CASE
+}
+
+// ---- forward ------------------------------------------------------------------------------------
+
+struct Segment {
+  int64_t start, n;  // rows [start, start + n) of the block buffer
+  int64_t out_off;   // element offset of the output slot
+  bool accumulate;   // combine sum: out += pooled
+};
+
+// Pools rows[0..n) (scaled by scales[j] when given) over columns [d0, d0 + dn) into out.
+template <class V, class T, int NR, bool PART>
+inline __attribute__((always_inline)) void pool_block(const T* w, int64_t D, int64_t d0, int64_t dn,
+                                                      const int64_t* rows, const typename V::A* scales, int64_t n,
+                                                      int64_t pf_avail, typename V::A* out, bool mean,
+                                                      bool accumulate, bool prefetch, int64_t pf) {
+  using Reg = typename V::Reg;
+  constexpr int L = V::kLanes;
+  const int last = int(dn - (NR - 1) * L);
+  Reg acc[NR];
+#pragma GCC unroll 8
+  for (int k = 0; k < NR; ++k) acc[k] = V::zero();
+  const int64_t row_bytes = D * int64_t(sizeof(T));
+  for (int64_t j = 0; j < n; ++j) {
+    if (prefetch && j + pf < pf_avail) prefetch_bytes(w + rows[j + pf] * D, row_bytes);
+    const T* r = w + rows[j] * D + d0;
+    if (scales) {
+      const Reg s = V::set1(scales[j]);
+#pragma GCC unroll 8
+      for (int k = 0; k < NR; ++k) {
+        const Reg x = (PART && k == NR - 1) ? V::load_part(r + k * L, last) : V::load(r + k * L);
+        acc[k] = V::fma(s, x, acc[k]);
+      }
+    } else {
+#pragma GCC unroll 8
+      for (int k = 0; k < NR; ++k) {
+        const Reg x = (PART && k == NR - 1) ? V::load_part(r + k * L, last) : V::load(r + k * L);
+        acc[k] = V::add(acc[k], x);
+      }
+    }
+  }
+  if (mean && n > 0) {
+    const Reg cnt = V::set1(typename V::A(n));
+#pragma GCC unroll 8
+    for (int k = 0; k < NR; ++k) acc[k] = V::div(acc[k], cnt);
+  }
+  typename V::A* o = out + d0;
+#pragma GCC unroll 8
+  for (int k = 0; k < NR; ++k) {
+    Reg v = acc[k];
+    if (PART && k == NR - 1) {
+      if (accumulate) v = V::add(V::load_part(o + k * L, last), v);
+      V::store_part(o + k * L, v, last);
+    } else {
+      if (accumulate) v = V::add(V::load(o + k * L), v);
+      V::store(o + k * L, v);
+    }
+  }
+}
+
+template <class V, class T>
+void pool_segment(const T* w, int64_t D, const int64_t* rows, const typename V::A* scales, int64_t n, int64_t pf_avail,
+                  typename V::A* out, bool mean, bool accumulate, int64_t pf = kPrefetchAhead) {
+  constexpr int64_t kBlock = int64_t(kMaxRegs) * V::kLanes;
+  for (int64_t d0 = 0; d0 < D; d0 += kBlock) {
+    const int64_t dn = std::min(kBlock, D - d0);
+    dispatch_regs<V::kLanes>(dn, [&]<int NR, bool PART>() {
+      pool_block<V, T, NR, PART>(w, D, d0, dn, rows, scales, n, pf_avail, out, mean, accumulate, d0 == 0 && pf > 0, pf);
+    });
+  }
+}
+
+// Hashes the bags of batch rows [b, ...) into rows / scales / segs until about kBlockPairs rows
+// are queued; returns the first batch row not taken. Kept scalar: short loops (a bag has a few ids)
+// gain nothing from vectorizing, and GCC's AVX-512 version of them measured slower.
+template <class A>
+__attribute__((noinline, optimize("no-tree-vectorize"))) int64_t hash_block(
+    const ForwardArgs& a, int64_t b, int64_t b_end, std::vector<int64_t>& rows, std::vector<A>& scales,
+    std::vector<Segment>& segs) {
+  const MuxLayout& L = a.L;
+  const A* psw = static_cast<const A*>(a.psw);
+  const int64_t D = a.dim, B = L.batch, F = L.num_features;
+  const bool concat = a.combine == kCombineConcat;
+  rows.clear();
+  scales.clear();
+  segs.clear();
+  for (; b < b_end && int64_t(rows.size()) < kBlockPairs; ++b) {
+    for (int64_t f = 0; f < F; ++f) {
+      const int64_t s = L.offsets[f * B + b], e = L.offsets[f * B + b + 1];
+      const int64_t g0 = L.probe_offsets[f], g1 = L.probe_offsets[f + 1], n = e - s;
+      const size_t at = rows.size();
+      rows.resize(at + size_t(n * (g1 - g0)));
+      int64_t* out = rows.data() + at;
+      for (int64_t g = g0; g < g1; ++g)
+        segs.push_back({int64_t(at) + (g - g0) * n, n, b * a.out_cols + (concat ? g * D : 0), !concat});
+      for (int64_t i = 0; i < n; ++i) {
+        const uint64_t pm = mix64(value_bits(L, s + i));
+        for (int64_t g = g0; g < g1; ++g)
+          out[(g - g0) * n + i] = probe_row(pm, L.keys[g], L.row_base[g], L.row_size[g]);
+      }
+      if (psw)
+        for (int64_t g = g0; g < g1; ++g) scales.insert(scales.end(), psw + s, psw + e);
+    }
+  }
+  return b;
+}
+
+template <class V, class T>
+void forward_pooled_t(const ForwardArgs& a, int64_t b_begin, int64_t b_end) {
+  using A = typename V::A;
+  const T* w = static_cast<const T*>(a.weight);
+  A* out = static_cast<A*>(a.out);
+  const int64_t D = a.dim;
+  const bool mean = a.pooling == kPoolMean, concat = a.combine == kCombineConcat;
+  std::vector<int64_t> rows;
+  std::vector<A> scales;
+  std::vector<Segment> segs;
+  rows.reserve(kBlockPairs * 2);
+  constexpr int64_t kBlock = int64_t(kMaxRegs) * V::kLanes;
+  const auto run = [&]<int NR, bool PART>() {
+    for (int64_t b = b_begin; b < b_end;) {
+      const int64_t first = b;
+      b = hash_block<A>(a, b, b_end, rows, scales, segs);
+      if (!concat)
+        for (int64_t r = first; r < b; ++r) std::fill(out + r * a.out_cols, out + r * a.out_cols + D, A(0));
+      const int64_t total = int64_t(rows.size());
+      const A* sc = a.psw ? scales.data() : nullptr;
+      for (const Segment& sg : segs) {
+        if constexpr (NR > 0) {  // the whole row in registers: one pass per bag
+          pool_block<V, T, NR, PART>(w, D, 0, D, rows.data() + sg.start, sc ? sc + sg.start : nullptr, sg.n,
+                                     total - sg.start, out + sg.out_off, mean, sg.accumulate, a.prefetch > 0,
+                                     a.prefetch);
+        } else {
+          pool_segment<V, T>(w, D, rows.data() + sg.start, sc ? sc + sg.start : nullptr, sg.n, total - sg.start,
+                             out + sg.out_off, mean, sg.accumulate, a.prefetch);
+        }
+      }
+    }
+  };
+  if (D <= kBlock)
+    dispatch_regs<V::kLanes>(D, run);
+  else
+    run.template operator()<0, false>();
+}
+
+template <class V, class T>
+void forward_none_t(const ForwardArgs& a, int64_t f, int64_t i_begin, int64_t i_end) {
+  using A = typename V::A;
+  const MuxLayout& L = a.L;
+  const T* w = static_cast<const T*>(a.weight);
+  A* out = static_cast<A*>(a.out);
+  const int64_t D = a.dim, g0 = L.probe_offsets[f], g1 = L.probe_offsets[f + 1], P = g1 - g0;
+  std::vector<int64_t> rows;
+  for (int64_t i0 = i_begin; i0 < i_end; i0 += kBlockPairs) {
+    const int64_t i1 = std::min(i_end, i0 + kBlockPairs);
+    rows.resize(size_t((i1 - i0) * P));
+    for (int64_t i = i0; i < i1; ++i) {
+      const uint64_t pm = mix64(value_bits(L, i));
+      for (int64_t g = g0; g < g1; ++g)
+        rows[size_t((i - i0) * P + (g - g0))] = probe_row(pm, L.keys[g], L.row_base[g], L.row_size[g]);
+    }
+    const int64_t total = int64_t(rows.size());
+    for (int64_t j = 0; j < total; ++j) {
+      const int64_t i = i0 + j / P, p = j % P;
+      // combine sum: the value's probes are added into one D-wide slot, first probe stores.
+      const bool concat = a.combine == kCombineConcat;
+      pool_segment<V, T>(w, D, rows.data() + j, nullptr, 1, total - j, out + i * a.out_cols + (concat ? p * D : 0),
+                         false, !concat && p > 0);
+    }
+  }
+}
+
+// ---- backward -----------------------------------------------------------------------------------
+
+// Sum of squares in a fixed order shared by every path (CUDA included): lane j of 16 sums the
+// elements d = j, j + 16, ... in increasing d with fma, then the lanes are folded 8, 4, 2, 1.
+template <class A>
+inline A sum_squares_16(const A* g, int64_t D) {
+  A s[16] = {};
+  for (int64_t d0 = 0; d0 < D; d0 += 16) {
+    const int64_t n = std::min<int64_t>(16, D - d0);
+    for (int64_t j = 0; j < n; ++j) s[j] = std::fma(g[d0 + j], g[d0 + j], s[j]);
+  }
+  for (int h = 8; h >= 1; h /= 2)
+    for (int j = 0; j < h; ++j) s[j] = s[j] + s[j + h];
+  return s[0];
+}
+
+template <class V, class T, int NR, bool PART>
+inline __attribute__((always_inline)) void segment_block(const BackwardArgs& a, int64_t p0, int64_t p1, int64_t p_last,
+                                                         uint64_t row, int64_t u, int64_t d0, int64_t dn,
+                                                         typename V::A* rowbuf) {
+  using A = typename V::A;
+  using Reg = typename V::Reg;
+  constexpr int L = V::kLanes;
+  const int last = int(dn - (NR - 1) * L);
+  const A* grad = static_cast<const A*>(a.grad);
+  const A* scale = static_cast<const A*>(a.scale);
+  const int gbits = a.probe_bits;
+  const uint64_t gmask = (uint64_t(1) << gbits) - 1;
+  const int64_t D = a.dim;
+  Reg acc[NR];
+#pragma GCC unroll 8
+  for (int k = 0; k < NR; ++k) acc[k] = V::zero();
+  for (int64_t p = p0; p < p1; ++p) {
+    const uint64_t code = a.codes[p] & a.code_mask;
+    const int64_t i = int64_t(code >> gbits), g = int64_t(code & gmask);
+    const A* src = grad + a.slot_row[i] * a.grad_stride + a.g_col[g] + d0;
+    // The gradient slots are scattered over the [B, G*D] output gradient; a unique row has few
+    // pairs, so prefetch across rows up to the end of this task's range.
+    if (p + kGradPrefetchAhead < p_last) {
+      const uint64_t c2 = a.codes[p + kGradPrefetchAhead] & a.code_mask;
+      prefetch_bytes(grad + a.slot_row[int64_t(c2 >> gbits)] * a.grad_stride + a.g_col[int64_t(c2 & gmask)] + d0,
+                     dn * int64_t(sizeof(A)));
+    }
+    const Reg s = V::set1(scale[i]);
+#pragma GCC unroll 8
+    for (int k = 0; k < NR; ++k) {
+      const Reg x = (PART && k == NR - 1) ? V::load_part(src + k * L, last) : V::load(src + k * L);
+      acc[k] = V::fma(s, x, acc[k]);
+    }
+  }
+  if (a.mode == kWriteRow) {
+    A* o = static_cast<A*>(a.out) + (a.out_by_row ? int64_t(row) : u) * D + d0;
+#pragma GCC unroll 8
+    for (int k = 0; k < NR; ++k) {
+      if (PART && k == NR - 1)
+        V::store_part(o + k * L, acc[k], last);
+      else
+        V::store(o + k * L, acc[k]);
+    }
+  } else if (a.mode == kSgd) {
+    T* w = static_cast<T*>(a.weight) + int64_t(row) * D + d0;
+    const Reg neg_lr = V::set1(-A(a.lr));
+#pragma GCC unroll 8
+    for (int k = 0; k < NR; ++k) {
+      if (PART && k == NR - 1)
+        V::store_w_part(w + k * L, V::fma(neg_lr, acc[k], V::load_part(w + k * L, last)), last);
+      else
+        V::store_w(w + k * L, V::fma(neg_lr, acc[k], V::load(w + k * L)));
+    }
+  } else {  // rowwise adagrad: the whole row first (its squared norm scales the step)
+    A* o = rowbuf + d0;
+#pragma GCC unroll 8
+    for (int k = 0; k < NR; ++k) {
+      if (PART && k == NR - 1)
+        V::store_part(o + k * L, acc[k], last);
+      else
+        V::store(o + k * L, acc[k]);
+    }
+  }
+}
+
+template <class V, class T, int NR, bool PART>
+inline __attribute__((always_inline)) void scaled_update_block(T* w, const typename V::A* g, typename V::A neg_step,
+                                                               int64_t dn) {
+  using Reg = typename V::Reg;
+  constexpr int L = V::kLanes;
+  const int last = int(dn - (NR - 1) * L);
+  const Reg s = V::set1(neg_step);
+#pragma GCC unroll 8
+  for (int k = 0; k < NR; ++k) {
+    if (PART && k == NR - 1)
+      V::store_w_part(w + k * L, V::fma(s, V::load_part(g + k * L, last), V::load_part(w + k * L, last)), last);
+    else
+      V::store_w(w + k * L, V::fma(s, V::load(g + k * L), V::load(w + k * L)));
+  }
+}
+
+template <class V, class T>
+void backward_segments_t(const BackwardArgs& a, int64_t u_begin, int64_t u_end) {
+  using A = typename V::A;
+  const int64_t D = a.dim;
+  constexpr int64_t kBlock = int64_t(kMaxRegs) * V::kLanes;
+  std::vector<A> rowbuf(a.mode == kRowwiseAdagrad ? size_t(D) : 0);
+  const bool in_place = a.mode != kWriteRow;
+  const int64_t p_last = a.seg_start[u_end];
+  for (int64_t u = u_begin; u < u_end; ++u) {
+    const int64_t p0 = a.seg_start[u], p1 = a.seg_start[u + 1];
+    const uint64_t row = a.rows[p0] >> a.row_shift;
+    if (in_place && u + 4 < u_end)  // the weight row four segments ahead, read-modify-written then
+      prefetch_bytes(static_cast<const T*>(a.weight) + int64_t(a.rows[a.seg_start[u + 4]] >> a.row_shift) * D, D * int64_t(sizeof(T)));
+    for (int64_t d0 = 0; d0 < D; d0 += kBlock) {
+      const int64_t dn = std::min(kBlock, D - d0);
+      dispatch_regs<V::kLanes>(dn, [&]<int NR, bool PART>() {
+        segment_block<V, T, NR, PART>(a, p0, p1, p_last, row, u, d0, dn, rowbuf.data());
+      });
+    }
+    if (a.mode == kRowwiseAdagrad) {
+      // FBGEMM EXACT_ROWWISE_ADAGRAD: G_r += mean_d(g^2); w_r -= lr / (sqrt(G_r) + eps) * g_r.
+      A* mom = static_cast<A*>(a.momentum) + row;
+      const A m = *mom + sum_squares_16(rowbuf.data(), D) / A(D);
+      *mom = m;
+      const A step = A(a.lr) / (std::sqrt(m) + A(a.eps));
+      T* w = static_cast<T*>(a.weight) + int64_t(row) * D;
+      for (int64_t d0 = 0; d0 < D; d0 += kBlock) {
+        const int64_t dn = std::min(kBlock, D - d0);
+        dispatch_regs<V::kLanes>(dn, [&]<int NR, bool PART>() {
+          scaled_update_block<V, T, NR, PART>(w + d0, rowbuf.data() + d0, -step, dn);
+        });
+      }
+    }
+  }
+}
+
+// Instantiates the three entry points of one ISA: F32/BF16/F16 weights go through lanes V,
+// F64 weights through the scalar double lanes.
+#define EMBKERN_EMB_DEFINE_ISA(SUFFIX, V)                                                                        \
+  void forward_pooled_##SUFFIX(EMBKERN_EMB_FWD_ARGS) {                                                         \
+    switch (a.wtype) {                                                                                         \
+      case WType::F32: return forward_pooled_t<V, float>(a, b_begin, b_end);                                  \
+      case WType::BF16: return forward_pooled_t<V, bf16_t>(a, b_begin, b_end);                                \
+      case WType::F16: return forward_pooled_t<V, f16_t>(a, b_begin, b_end);                                  \
+      case WType::F64: return forward_pooled_t<ScalarLanes<double>, double>(a, b_begin, b_end);               \
+    }                                                                                                          \
+  }                                                                                                            \
+  void forward_none_##SUFFIX(EMBKERN_EMB_NONE_ARGS) {                                                          \
+    switch (a.wtype) {                                                                                         \
+      case WType::F32: return forward_none_t<V, float>(a, feature, i_begin, i_end);                           \
+      case WType::BF16: return forward_none_t<V, bf16_t>(a, feature, i_begin, i_end);                        \
+      case WType::F16: return forward_none_t<V, f16_t>(a, feature, i_begin, i_end);                           \
+      case WType::F64: return forward_none_t<ScalarLanes<double>, double>(a, feature, i_begin, i_end);        \
+    }                                                                                                          \
+  }                                                                                                            \
+  void backward_segments_##SUFFIX(EMBKERN_EMB_BWD_ARGS) {                                                      \
+    switch (a.wtype) {                                                                                         \
+      case WType::F32: return backward_segments_t<V, float>(a, u_begin, u_end);                               \
+      case WType::BF16: return backward_segments_t<V, bf16_t>(a, u_begin, u_end);                            \
+      case WType::F16: return backward_segments_t<V, f16_t>(a, u_begin, u_end);                              \
+      case WType::F64: return backward_segments_t<ScalarLanes<double>, double>(a, u_begin, u_end);            \
+    }                                                                                                          \
+  }
+
+}  // namespace EMBKERN_ISA_NS
+}  // namespace embkern::emb

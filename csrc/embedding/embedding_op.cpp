@@ -1,0 +1,757 @@
+// embedding family ops (DESIGN 3.1): schemas, argument checks, CPU and CUDA registration.
+// Fake kernels and autograd: python/embkern/_ops.py.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <string>
+#include <vector>
+
+#include "common/checks.h"
+#include "common/cpu_features.h"
+#include "embedding/embedding_cuda.h"
+#include "embedding/embedding_kernels.h"
+
+#ifdef EMBKERN_WITH_CUDA
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#endif
+
+namespace embkern::emb {
+namespace {
+
+using at::Tensor;
+
+// ---- argument checks (shared by every backend) -------------------------------------------------
+
+int parse_pooling(const std::string& s, const char* op) {
+  if (s == "sum") return kPoolSum;
+  if (s == "mean") return kPoolMean;
+  if (s == "none") return kPoolNone;
+  TORCH_CHECK_VALUE(false, op, ": pooling must be one of 'sum', 'mean', 'none', got '", s, "'");
+}
+
+int parse_combine(const std::string& s, const char* op) {
+  if (s == "concat") return kCombineConcat;
+  if (s == "sum") return kCombineSum;
+  TORCH_CHECK_VALUE(false, op, ": combine must be 'concat' or 'sum', got '", s, "'");
+}
+
+WType wtype_of(const Tensor& w, const char* op) {
+  switch (w.scalar_type()) {
+    case at::kFloat: return WType::F32;
+    case at::kBFloat16: return WType::BF16;
+    case at::kHalf: return WType::F16;
+    case at::kDouble: return WType::F64;
+    default:
+      TORCH_CHECK_TYPE(false, op, ": weight must have dtype torch.float32, torch.bfloat16, torch.float16 or torch.float64, got ",
+                       dtype_name(w.scalar_type()));
+  }
+}
+
+// The accumulation dtype: float64 for float64 weights, else float32.
+at::ScalarType acc_dtype(WType t) { return t == WType::F64 ? at::kDouble : at::kFloat; }
+
+void check_index_tensor(const Tensor& t, const char* op, const char* name) {
+  check_rank(t, op, name, 1);
+  check_dtype(t, op, name, at::kLong);
+}
+
+// Everything the kernels need, validated; host copies of the small probe tensors.
+struct Problem {
+  int pooling = kPoolSum, combine = kCombineConcat;
+  WType wtype = WType::F32;
+  int64_t M = 0, D = 0, N = 0, F = 0, B = 0, G = 0, pmax = 0;
+  Tensor values, offsets, probe_offsets, row_base, row_size, keys;  // contiguous, on the weight's device
+  std::vector<int64_t> h_probe_offsets;
+  Tensor psw;  // contiguous, accumulation dtype, or undefined
+  int64_t out_rows() const { return pooling == kPoolNone ? N : B; }
+  int64_t out_cols() const {
+    if (combine == kCombineSum) return D;
+    return (pooling == kPoolNone ? pmax : G) * D;
+  }
+};
+
+Problem check_problem(const char* op, const Tensor& weight, const Tensor& values, const Tensor& offsets,
+                      const Tensor& probe_offsets, const Tensor& probe_row_base, const Tensor& probe_row_size,
+                      const Tensor& probe_keys, const std::string& pooling, const std::string& combine,
+                      const std::optional<Tensor>& per_sample_weights) {
+  Problem p;
+  p.pooling = parse_pooling(pooling, op);
+  p.combine = parse_combine(combine, op);
+  check_rank(weight, op, "weight", 2);
+  p.wtype = wtype_of(weight, op);
+  p.M = weight.size(0);
+  p.D = weight.size(1);
+  TORCH_CHECK_VALUE(p.D >= 1, op, ": weight must have at least 1 column, got shape ", weight.sizes());
+  check_rank(values, op, "values", 1);
+  TORCH_CHECK_TYPE(values.scalar_type() == at::kLong || values.scalar_type() == at::kInt, op,
+                   ": values must have dtype torch.int64 or torch.int32, got ", dtype_name(values.scalar_type()));
+  check_index_tensor(offsets, op, "offsets");
+  check_index_tensor(probe_offsets, op, "probe_offsets");
+  check_index_tensor(probe_row_base, op, "probe_row_base");
+  check_index_tensor(probe_row_size, op, "probe_row_size");
+  check_index_tensor(probe_keys, op, "probe_keys");
+  for (const auto& [t, name] : {std::pair<const Tensor&, const char*>{values, "values"}, {offsets, "offsets"},
+                                {probe_offsets, "probe_offsets"}, {probe_row_base, "probe_row_base"},
+                                {probe_row_size, "probe_row_size"}, {probe_keys, "probe_keys"}})
+    check_same_device(weight, "weight", t, name, op);
+
+  p.N = values.size(0);
+  TORCH_CHECK_VALUE(probe_offsets.size(0) >= 2, op,
+                    ": probe_offsets must have F + 1 >= 2 entries (one feature at least), got ", probe_offsets.size(0));
+  p.F = probe_offsets.size(0) - 1;
+  p.G = probe_row_base.size(0);
+  TORCH_CHECK_VALUE(probe_row_size.size(0) == p.G && probe_keys.size(0) == p.G, op,
+                    ": probe_row_base, probe_row_size and probe_keys must have the same length G, got ", p.G, ", ",
+                    probe_row_size.size(0), " and ", probe_keys.size(0));
+  TORCH_CHECK_VALUE((offsets.size(0) - 1) % p.F == 0 && offsets.size(0) >= 1, op,
+                    ": offsets must have F * B + 1 entries with F = ", p.F, " features, got ", offsets.size(0));
+  p.B = (offsets.size(0) - 1) / p.F;
+
+  // Probe layout: small, checked on the host.
+  const Tensor h_po = probe_offsets.cpu().contiguous(), h_base = probe_row_base.cpu().contiguous(),
+               h_size = probe_row_size.cpu().contiguous();
+  p.h_probe_offsets.assign(h_po.data_ptr<int64_t>(), h_po.data_ptr<int64_t>() + p.F + 1);
+  const auto& po = p.h_probe_offsets;
+  TORCH_CHECK_VALUE(po[0] == 0, op, ": probe_offsets[0] must be 0, got ", po[0]);
+  for (int64_t f = 0; f < p.F; ++f) {
+    TORCH_CHECK_VALUE(po[f + 1] - po[f] >= 1, op, ": every feature needs at least 1 probe, but probe_offsets gives feature ",
+                      f, " ", po[f + 1] - po[f], " (probe_offsets[", f, "] = ", po[f], ", probe_offsets[", f + 1,
+                      "] = ", po[f + 1], ")");
+    p.pmax = std::max(p.pmax, po[f + 1] - po[f]);
+  }
+  TORCH_CHECK_VALUE(po[p.F] == p.G, op, ": probe_offsets[-1] must equal the number of probes G = ", p.G, ", got ", po[p.F]);
+  const int64_t *hb = h_base.data_ptr<int64_t>(), *hs = h_size.data_ptr<int64_t>();
+  for (int64_t g = 0; g < p.G; ++g) {
+    TORCH_CHECK_VALUE(hs[g] >= 1, op, ": probe_row_size[", g, "] must be >= 1, got ", hs[g]);
+    TORCH_CHECK_INDEX(hb[g] >= 0 && hb[g] <= p.M && hs[g] <= p.M - hb[g], op, ": probe ", g, " covers rows [", hb[g],
+                      ", ", hb[g], " + ", hs[g], ") but weight has ", p.M, " rows");
+  }
+
+  // offsets: 0, non-decreasing, ending at N. Checked with tensor ops (on CUDA this syncs once).
+  const Tensor off = offsets.contiguous();
+  if (off.is_cpu()) {
+    const int64_t* o = off.data_ptr<int64_t>();
+    TORCH_CHECK_VALUE(o[0] == 0, op, ": offsets[0] must be 0, got ", o[0]);
+    TORCH_CHECK_VALUE(o[p.F * p.B] == p.N, op, ": offsets[-1] must equal the number of values N = ", p.N, ", got ",
+                      o[p.F * p.B]);
+    for (int64_t j = 0; j < p.F * p.B; ++j)
+      TORCH_CHECK_VALUE(o[j + 1] >= o[j], op, ": offsets must be non-decreasing, but offsets[", j, "] = ", o[j],
+                        " > offsets[", j + 1, "] = ", o[j + 1]);
+  } else {
+    const Tensor ends = at::stack({off[0], off[-1]}).cpu();
+    const int64_t first = ends[0].item<int64_t>(), last = ends[1].item<int64_t>();
+    TORCH_CHECK_VALUE(first == 0, op, ": offsets[0] must be 0, got ", first);
+    TORCH_CHECK_VALUE(last == p.N, op, ": offsets[-1] must equal the number of values N = ", p.N, ", got ", last);
+    if (off.size(0) > 1) {
+      const bool bad = at::lt(off.slice(0, 1), off.slice(0, 0, -1)).any().item<bool>();
+      TORCH_CHECK_VALUE(!bad, op, ": offsets must be non-decreasing");
+    }
+  }
+
+  if (per_sample_weights.has_value()) {
+    const Tensor& psw = *per_sample_weights;
+    TORCH_CHECK_VALUE(p.pooling == kPoolSum, op, ": per_sample_weights needs pooling='sum', got pooling='", pooling, "'");
+    check_rank(psw, op, "per_sample_weights", 1);
+    TORCH_CHECK_TYPE(at::isFloatingType(psw.scalar_type()), op,
+                     ": per_sample_weights must be a floating point tensor, got ", dtype_name(psw.scalar_type()));
+    TORCH_CHECK_VALUE(psw.size(0) == p.N, op, ": per_sample_weights must have one entry per value (", p.N, "), got ",
+                      psw.size(0));
+    check_same_device(weight, "weight", psw, "per_sample_weights", op);
+    p.psw = psw.to(acc_dtype(p.wtype)).contiguous();
+  }
+  checked_mul(p.out_rows(), p.out_cols(), op, "the output size");
+  p.values = values.contiguous();
+  p.offsets = off;
+  p.probe_offsets = probe_offsets.contiguous();
+  p.row_base = probe_row_base.contiguous();
+  p.row_size = probe_row_size.contiguous();
+  p.keys = probe_keys.contiguous();
+  return p;
+}
+
+MuxLayout layout_of(const Problem& p) {
+  MuxLayout L;
+  L.values = p.values.data_ptr();
+  L.values_i32 = p.values.scalar_type() == at::kInt;
+  L.n = p.N;
+  L.offsets = p.offsets.data_ptr<int64_t>();
+  L.num_features = p.F;
+  L.batch = p.B;
+  L.probe_offsets = p.probe_offsets.data_ptr<int64_t>();
+  L.row_base = p.row_base.data_ptr<int64_t>();
+  L.row_size = p.row_size.data_ptr<int64_t>();
+  L.keys = reinterpret_cast<const uint64_t*>(p.keys.data_ptr<int64_t>());
+  L.num_probes = p.G;
+  return L;
+}
+
+ForwardArgs forward_args(const Problem& p, const Tensor& weight, const Tensor& out_acc) {
+  ForwardArgs a;
+  a.L = layout_of(p);
+  a.weight = weight.data_ptr();
+  a.wtype = p.wtype;
+  a.dim = p.D;
+  a.pooling = p.pooling;
+  a.combine = p.combine;
+  a.psw = p.psw.defined() ? p.psw.data_ptr() : nullptr;
+  a.out = out_acc.data_ptr();
+  a.out_cols = p.out_cols();
+  return a;
+}
+
+void check_grad(const Tensor& grad, const Problem& p, const Tensor& weight, const char* op) {
+  check_rank(grad, op, "grad", 2);
+  TORCH_CHECK_VALUE(grad.size(0) == p.out_rows() && grad.size(1) == p.out_cols(), op, ": grad must have shape [",
+                    p.out_rows(), ", ", p.out_cols(), "] (the forward output), got ", grad.sizes());
+  TORCH_CHECK_TYPE(at::isFloatingType(grad.scalar_type()), op, ": grad must be a floating point tensor, got ",
+                   dtype_name(grad.scalar_type()));
+  check_same_device(weight, "weight", grad, "grad", op);
+}
+
+// ---- CPU -----------------------------------------------------------------------------------------
+
+using FwdPooledFn = void (*)(EMBKERN_EMB_FWD_ARGS);
+using FwdNoneFn = void (*)(EMBKERN_EMB_NONE_ARGS);
+using BwdFn = void (*)(EMBKERN_EMB_BWD_ARGS);
+
+struct CpuKernels {
+  FwdPooledFn pooled;
+  FwdNoneFn none;
+  BwdFn backward;
+};
+
+CpuKernels pick_kernels() {
+#ifdef EMBKERN_X86_KERNELS
+  const CpuFeatures f = cpu_features_active();
+  if (f.avx512) return {forward_pooled_avx512, forward_none_avx512, backward_segments_avx512};
+  if (f.avx2) return {forward_pooled_avx2, forward_none_avx2, backward_segments_avx2};
+#endif
+  return {forward_pooled_scalar, forward_none_scalar, backward_segments_scalar};
+}
+
+// The kernels' result in the accumulation dtype; the caller converts to the weight dtype.
+Tensor forward_acc_cpu(const Problem& p, const Tensor& weight) {
+  const bool ragged = p.pooling == kPoolNone && p.combine == kCombineConcat;
+  Tensor out = ragged ? at::zeros({p.out_rows(), p.out_cols()}, weight.options().dtype(acc_dtype(p.wtype)))
+                      : at::empty({p.out_rows(), p.out_cols()}, weight.options().dtype(acc_dtype(p.wtype)));
+  if (out.numel() == 0) return out;
+  const Tensor w = weight.contiguous();
+  const ForwardArgs a = forward_args(p, w, out);
+  const CpuKernels k = pick_kernels();
+  if (p.pooling != kPoolNone) {
+    // Each batch row is computed by one task from its own bags: results do not depend on threads.
+    at::parallel_for(0, p.B, 16, [&](int64_t b0, int64_t b1) { k.pooled(a, b0, b1); });
+  } else {
+    const int64_t* o = p.offsets.data_ptr<int64_t>();
+    for (int64_t f = 0; f < p.F; ++f)
+      at::parallel_for(o[f * p.B], o[(f + 1) * p.B], 256, [&](int64_t i0, int64_t i1) { k.none(a, f, i0, i1); });
+  }
+  return out;
+}
+
+Tensor mux_embedding_bag_cpu(const Tensor& weight, const Tensor& values, const Tensor& offsets,
+                             const Tensor& probe_offsets, const Tensor& probe_row_base, const Tensor& probe_row_size,
+                             const Tensor& probe_keys, c10::string_view pooling, c10::string_view combine,
+                             const std::optional<Tensor>& per_sample_weights, bool sparse) {
+  (void)sparse;  // only selects the gradient layout (autograd)
+  const Problem p = check_problem("mux_embedding_bag", weight, values, offsets, probe_offsets, probe_row_base,
+                                  probe_row_size, probe_keys, std::string(pooling), std::string(combine),
+                                  per_sample_weights);
+  return forward_acc_cpu(p, weight).to(weight.scalar_type());
+}
+
+// Stable LSD radix sort of keys (and their values, when vals is not null) by key bits
+// [lo_bit, lo_bit + bits), 8 bits per pass (256 buckets: 11-bit digits measured slower, their
+// scatter streams thrash the caches). The chunking does not depend on the thread count, and a
+// stable sort has one result, so the output is the same for any number of threads.
+void radix_sort(uint64_t*& keys, uint64_t*& vals, uint64_t* keys_tmp, uint64_t* vals_tmp, int64_t n, int lo_bit,
+                int bits) {
+  constexpr int kDigitBits = 8, kBuckets = 1 << kDigitBits;
+  constexpr int64_t kChunk = 1 << 15;
+  const int64_t chunks = (n + kChunk - 1) / kChunk;
+  std::vector<int64_t> hist(size_t(chunks * kBuckets));
+  for (int shift = lo_bit; shift < lo_bit + bits; shift += kDigitBits) {
+    std::fill(hist.begin(), hist.end(), 0);
+    at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
+      for (int64_t c = c0; c < c1; ++c) {
+        int64_t* h = &hist[size_t(c * kBuckets)];
+        for (int64_t j = c * kChunk, e = std::min(n, (c + 1) * kChunk); j < e; ++j) ++h[(keys[j] >> shift) & (kBuckets - 1)];
+      }
+    });
+    int64_t run = 0;
+    for (int d = 0; d < kBuckets; ++d)
+      for (int64_t c = 0; c < chunks; ++c) {
+        const int64_t cnt = hist[size_t(c * kBuckets + d)];
+        hist[size_t(c * kBuckets + d)] = run;
+        run += cnt;
+      }
+    at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
+      for (int64_t c = c0; c < c1; ++c) {
+        int64_t* h = &hist[size_t(c * kBuckets)];
+        for (int64_t j = c * kChunk, e = std::min(n, (c + 1) * kChunk); j < e; ++j) {
+          const int64_t dst = h[(keys[j] >> shift) & (kBuckets - 1)]++;
+          keys_tmp[dst] = keys[j];
+          if (vals) vals_tmp[dst] = vals[j];
+        }
+      }
+    });
+    std::swap(keys, keys_tmp);
+    if (vals) std::swap(vals, vals_tmp);
+  }
+}
+
+int bit_width(uint64_t x) { return x == 0 ? 0 : 64 - __builtin_clzll(x); }
+
+enum class BackwardOut { Dense, Sparse, Sgd, RowwiseAdagrad };
+
+// The shared backward: per-value slots and scales, (row, code) pairs, sort, segment reduce, apply.
+// Returns {rows, values} for Sparse, {dense} for Dense, {} for the in-place optimizers.
+std::vector<Tensor> backward_cpu(const char* op, BackwardOut kind, const Tensor& grad, const Tensor& weight,
+                                 const Problem& p, double lr, double eps, const Tensor& momentum) {
+  check_grad(grad, p, weight, op);
+  const at::ScalarType acc = acc_dtype(p.wtype);
+  const auto opts = weight.options();
+  const int64_t N = p.N, G = p.G, D = p.D, B = p.B, F = p.F;
+  const int64_t* o = p.offsets.data_ptr<int64_t>();
+  const auto& po = p.h_probe_offsets;
+  // Pairs: feature f contributes (its values) x (its probes); laid out by (value, probe), which is
+  // also the order of code = i * G + g.
+  std::vector<int64_t> pair_base(size_t(F + 1), 0);
+  for (int64_t f = 0; f < F; ++f)
+    pair_base[size_t(f + 1)] =
+        pair_base[size_t(f)] + checked_mul(o[(f + 1) * B] - o[f * B], po[f + 1] - po[f], op, "the number of (value, probe) pairs");
+  const int64_t P = pair_base[size_t(F)];
+  const int gbits = bit_width(uint64_t(std::max<int64_t>(G - 1, 0)));
+  TORCH_CHECK_VALUE(N == 0 || bit_width(uint64_t(N - 1)) + gbits <= 64, op, ": ", N, " values x ", G,
+                    " probes do not fit the 64-bit pair codes");
+  Tensor dense, sparse_rows, sparse_vals;
+  if (kind == BackwardOut::Dense) dense = at::zeros({p.M, D}, opts.dtype(acc));
+  if (P == 0) {
+    if (kind == BackwardOut::Dense) return {dense.to(weight.scalar_type())};
+    if (kind == BackwardOut::Sparse) return {at::empty({0}, opts.dtype(at::kLong)), at::empty({0, D}, opts)};
+    return {};
+  }
+  const Tensor g = grad.to(acc).contiguous();
+  const MuxLayout L = layout_of(p);
+
+  // Per value: the grad row it reads and its scale (1, its per-sample weight, or 1 / bag length).
+  Tensor slot_row = at::empty({N}, opts.dtype(at::kLong)), scale = at::empty({N}, opts.dtype(acc));
+  int64_t* sr = slot_row.data_ptr<int64_t>();
+  // When row bits + code bits fit in 64, each pair is one word (row << code_bits | code): the sort
+  // moves half the bytes. Otherwise rows and codes are separate arrays.
+  const int row_bits = bit_width(uint64_t(p.M - 1));
+  const int code_bits = N == 0 ? gbits : bit_width(uint64_t(N - 1)) + gbits;
+  const bool packed = row_bits + code_bits <= 64;
+  const int rshift = packed ? code_bits : 0;
+  const uint64_t cmask = packed ? (code_bits == 64 ? ~uint64_t(0) : (uint64_t(1) << code_bits) - 1) : ~uint64_t(0);
+  Tensor keys = at::empty({P}, opts.dtype(at::kLong)), codes = at::empty({packed ? 0 : P}, opts.dtype(at::kLong));
+  uint64_t* kp = reinterpret_cast<uint64_t*>(keys.data_ptr<int64_t>());
+  uint64_t* cp = packed ? nullptr : reinterpret_cast<uint64_t*>(codes.data_ptr<int64_t>());
+  AT_DISPATCH_FLOATING_TYPES(acc, "mux_embedding_bag_backward", [&] {
+    scalar_t* sc = scale.data_ptr<scalar_t>();
+    const scalar_t* psw = p.psw.defined() ? p.psw.data_ptr<scalar_t>() : nullptr;
+    at::parallel_for(0, F * B, 64, [&](int64_t j0, int64_t j1) {
+      for (int64_t j = j0; j < j1; ++j) {
+        const int64_t f = j / B, b = j % B, s = o[j], e = o[j + 1];
+        const scalar_t inv = e > s ? scalar_t(1) / scalar_t(e - s) : scalar_t(0);
+        const int64_t P_f = po[f + 1] - po[f];
+        for (int64_t i = s; i < e; ++i) {
+          sr[i] = p.pooling == kPoolNone ? i : b;
+          sc[i] = psw ? psw[i] : (p.pooling == kPoolMean ? inv : scalar_t(1));
+          const uint64_t pm = mix64(value_bits(L, i));
+          const int64_t at0 = pair_base[size_t(f)] + (i - o[f * B]) * P_f;
+          for (int64_t q = 0; q < P_f; ++q) {
+            const int64_t gg = po[f] + q;
+            const uint64_t row = uint64_t(probe_row(pm, L.keys[gg], L.row_base[gg], L.row_size[gg]));
+            const uint64_t code = (uint64_t(i) << gbits) | uint64_t(gg);
+            if (packed) {
+              kp[at0 + q] = (row << rshift) | code;
+            } else {
+              kp[at0 + q] = row;
+              cp[at0 + q] = code;
+            }
+          }
+        }
+      }
+    });
+  });
+  std::vector<int64_t> g_col(static_cast<size_t>(G));
+  for (int64_t f = 0; f < F; ++f)
+    for (int64_t gg = po[f]; gg < po[f + 1]; ++gg)
+      g_col[size_t(gg)] = p.combine == kCombineSum ? 0 : (p.pooling == kPoolNone ? (gg - po[f]) * D : gg * D);
+
+  // Sort pairs by row (stable: codes stay ascending inside a row).
+  Tensor keys_tmp = at::empty({P}, opts.dtype(at::kLong)), codes_tmp = at::empty({packed ? 0 : P}, opts.dtype(at::kLong));
+  uint64_t *ks = kp, *cs = cp;
+  radix_sort(ks, cs, reinterpret_cast<uint64_t*>(keys_tmp.data_ptr<int64_t>()),
+             packed ? nullptr : reinterpret_cast<uint64_t*>(codes_tmp.data_ptr<int64_t>()), P, rshift, row_bits);
+  if (packed) cs = ks;
+
+  // Unique rows: segment starts by a chunked count + scan (fixed chunks: thread-count independent).
+  constexpr int64_t kChunk = 1 << 15;
+  const int64_t chunks = (P + kChunk - 1) / kChunk;
+  std::vector<int64_t> chunk_count(size_t(chunks + 1), 0);
+  at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
+    for (int64_t c = c0; c < c1; ++c) {
+      int64_t cnt = 0;
+      for (int64_t j = c * kChunk, e = std::min(P, (c + 1) * kChunk); j < e; ++j) cnt += (j == 0 || (ks[j] >> rshift) != (ks[j - 1] >> rshift));
+      chunk_count[size_t(c + 1)] = cnt;
+    }
+  });
+  for (int64_t c = 0; c < chunks; ++c) chunk_count[size_t(c + 1)] += chunk_count[size_t(c)];
+  const int64_t U = chunk_count[size_t(chunks)];
+  Tensor seg_start = at::empty({U + 1}, opts.dtype(at::kLong));
+  int64_t* ss = seg_start.data_ptr<int64_t>();
+  at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
+    for (int64_t c = c0; c < c1; ++c) {
+      int64_t u = chunk_count[size_t(c)];
+      for (int64_t j = c * kChunk, e = std::min(P, (c + 1) * kChunk); j < e; ++j)
+        if (j == 0 || (ks[j] >> rshift) != (ks[j - 1] >> rshift)) ss[u++] = j;
+    }
+  });
+  ss[U] = P;
+
+  BackwardArgs a;
+  a.rows = ks;
+  a.codes = cs;
+  a.row_shift = rshift;
+  a.code_mask = cmask;
+  a.seg_start = ss;
+  a.probe_bits = gbits;
+  a.dim = D;
+  a.grad = g.data_ptr();
+  a.grad_stride = g.size(1);
+  a.g_col = g_col.data();
+  a.slot_row = sr;
+  a.scale = scale.data_ptr();
+  a.wtype = p.wtype;
+  a.lr = lr;
+  a.eps = eps;
+  if (kind == BackwardOut::Sparse) {
+    sparse_vals = at::empty({U, D}, opts.dtype(acc));
+    a.mode = kWriteRow;
+    a.out = sparse_vals.data_ptr();
+  } else if (kind == BackwardOut::Dense) {
+    a.mode = kWriteRow;
+    a.out = dense.data_ptr();
+    a.out_by_row = true;
+  } else {
+    TORCH_CHECK_VALUE(weight.is_contiguous(), op, ": weight must be contiguous to be updated in place");
+    a.weight = weight.data_ptr();
+    a.mode = kind == BackwardOut::Sgd ? kSgd : kRowwiseAdagrad;
+    if (kind == BackwardOut::RowwiseAdagrad) a.momentum = momentum.data_ptr();
+  }
+  const CpuKernels k = pick_kernels();
+  // Unique rows are disjoint, so tasks never touch the same row; each row is summed in pair order.
+  at::parallel_for(0, U, 32, [&](int64_t u0, int64_t u1) { k.backward(a, u0, u1); });
+
+  if (kind == BackwardOut::Sparse) {
+    sparse_rows = at::empty({U}, opts.dtype(at::kLong));
+    int64_t* rp = sparse_rows.data_ptr<int64_t>();
+    at::parallel_for(0, U, 4096, [&](int64_t u0, int64_t u1) {
+      for (int64_t u = u0; u < u1; ++u) rp[u] = int64_t(ks[ss[u]] >> rshift);
+    });
+    return {sparse_rows, sparse_vals.to(weight.scalar_type())};
+  }
+  if (kind == BackwardOut::Dense) return {dense.to(weight.scalar_type())};
+  return {};
+}
+
+void check_lr_eps(double lr, double eps, const char* op) {
+  TORCH_CHECK_VALUE(std::isfinite(lr), op, ": lr must be finite, got ", lr);
+  TORCH_CHECK_VALUE(std::isfinite(eps) && eps >= 0, op, ": eps must be finite and >= 0, got ", eps);
+}
+
+void check_momentum(const Tensor& momentum, const Tensor& weight, WType wt, const char* op) {
+  check_rank(momentum, op, "momentum", 1);
+  check_dtype(momentum, op, "momentum", acc_dtype(wt));
+  TORCH_CHECK_VALUE(momentum.size(0) == weight.size(0), op, ": momentum must have one entry per weight row (",
+                    weight.size(0), "), got ", momentum.size(0));
+  check_same_device(weight, "weight", momentum, "momentum", op);
+  TORCH_CHECK_VALUE(momentum.is_contiguous(), op, ": momentum must be contiguous");
+}
+
+#define EMBKERN_EMB_LAYOUT_PARAMS                                                                          \
+  const Tensor &values, const Tensor &offsets, const Tensor &probe_offsets, const Tensor &probe_row_base, \
+      const Tensor &probe_row_size, const Tensor &probe_keys, c10::string_view pooling, c10::string_view combine, \
+      const std::optional<Tensor>&per_sample_weights
+#define EMBKERN_EMB_LAYOUT_ARGS                                                                                 \
+  values, offsets, probe_offsets, probe_row_base, probe_row_size, probe_keys, std::string(pooling), std::string(combine), \
+      per_sample_weights
+
+Tensor backward_dense_cpu(const Tensor& grad, const Tensor& weight, EMBKERN_EMB_LAYOUT_PARAMS) {
+  const char* op = "mux_embedding_bag_backward";
+  const Problem p = check_problem(op, weight, EMBKERN_EMB_LAYOUT_ARGS);
+  return backward_cpu(op, BackwardOut::Dense, grad, weight, p, 0, 0, Tensor())[0];
+}
+
+std::tuple<Tensor, Tensor> backward_sparse_cpu(const Tensor& grad, const Tensor& weight, EMBKERN_EMB_LAYOUT_PARAMS) {
+  const char* op = "mux_embedding_bag_backward_sparse";
+  const Problem p = check_problem(op, weight, EMBKERN_EMB_LAYOUT_ARGS);
+  auto r = backward_cpu(op, BackwardOut::Sparse, grad, weight, p, 0, 0, Tensor());
+  return {r[0], r[1]};
+}
+
+void sgd_cpu(const Tensor& weight, const Tensor& grad, EMBKERN_EMB_LAYOUT_PARAMS, double lr) {
+  const char* op = "mux_embedding_bag_sgd_";
+  const Problem p = check_problem(op, weight, EMBKERN_EMB_LAYOUT_ARGS);
+  check_lr_eps(lr, 0.0, op);
+  backward_cpu(op, BackwardOut::Sgd, grad, weight, p, lr, 0, Tensor());
+}
+
+void rowwise_adagrad_cpu(const Tensor& weight, const Tensor& momentum, const Tensor& grad, EMBKERN_EMB_LAYOUT_PARAMS,
+                         double lr, double eps) {
+  const char* op = "mux_embedding_bag_rowwise_adagrad_";
+  const Problem p = check_problem(op, weight, EMBKERN_EMB_LAYOUT_ARGS);
+  check_lr_eps(lr, eps, op);
+  check_momentum(momentum, weight, p.wtype, op);
+  backward_cpu(op, BackwardOut::RowwiseAdagrad, grad, weight, p, lr, eps, momentum);
+}
+
+Tensor psw_backward_cpu(const Tensor& grad, const Tensor& weight, EMBKERN_EMB_LAYOUT_PARAMS) {
+  const char* op = "mux_embedding_bag_psw_backward";
+  const Problem p = check_problem(op, weight, EMBKERN_EMB_LAYOUT_ARGS);
+  TORCH_CHECK_VALUE(p.pooling == kPoolSum, op, ": per-sample weights need pooling='sum'");
+  check_grad(grad, p, weight, op);
+  const at::ScalarType acc = acc_dtype(p.wtype);
+  Tensor out = at::zeros({p.N}, weight.options().dtype(acc));
+  if (p.N == 0) return out;
+  const Tensor g = grad.to(acc).contiguous(), w = weight.contiguous();
+  const ForwardArgs a = forward_args(p, w, out);
+  const int64_t* o = p.offsets.data_ptr<int64_t>();
+  for (int64_t f = 0; f < p.F; ++f)
+    at::parallel_for(o[f * p.B], o[(f + 1) * p.B], 256, [&](int64_t i0, int64_t i1) {
+      psw_grad_scalar(a, g.data_ptr(), g.size(1), f, i0, i1, out.data_ptr());
+    });
+  return out;
+}
+
+// The forward of the fused-optimizer path (its autograd applies the optimizer in place).
+Tensor fused_forward_cpu(const Tensor& weight, const Tensor& momentum, EMBKERN_EMB_LAYOUT_PARAMS,
+                         c10::string_view optimizer, double lr, double eps) {
+  const char* op = "mux_embedding_bag_fused";
+  const Problem p = check_problem(op, weight, EMBKERN_EMB_LAYOUT_ARGS);
+  TORCH_CHECK_VALUE(optimizer == "sgd" || optimizer == "rowwise_adagrad", op,
+                    ": optimizer must be 'sgd' or 'rowwise_adagrad', got '", std::string(optimizer), "'");
+  check_lr_eps(lr, eps, op);
+  if (optimizer == "rowwise_adagrad") check_momentum(momentum, weight, p.wtype, op);
+  return forward_acc_cpu(p, weight).to(weight.scalar_type());
+}
+
+// ---- CUDA ----------------------------------------------------------------------------------------
+
+#ifdef EMBKERN_WITH_CUDA
+cudaStream_t current_stream(const Tensor& t) { return c10::cuda::getCurrentCUDAStream(t.device().index()).stream(); }
+
+Tensor forward_acc_cuda(const Problem& p, const Tensor& weight) {
+  Tensor out = at::zeros({p.out_rows(), p.out_cols()}, weight.options().dtype(acc_dtype(p.wtype)));
+  if (out.numel() == 0) return out;
+  const Tensor w = weight.contiguous();
+  const ForwardArgs a = forward_args(p, w, out);
+  if (p.pooling != kPoolNone)
+    cuda::forward_pooled(a, current_stream(weight));
+  else
+    cuda::forward_none(a, current_stream(weight));
+  return out;
+}
+
+Tensor mux_embedding_bag_cuda(const Tensor& weight, const Tensor& values, const Tensor& offsets,
+                              const Tensor& probe_offsets, const Tensor& probe_row_base, const Tensor& probe_row_size,
+                              const Tensor& probe_keys, c10::string_view pooling, c10::string_view combine,
+                              const std::optional<Tensor>& per_sample_weights, bool sparse) {
+  (void)sparse;
+  const c10::cuda::CUDAGuard guard(weight.device());
+  const Problem p = check_problem("mux_embedding_bag", weight, values, offsets, probe_offsets, probe_row_base,
+                                  probe_row_size, probe_keys, std::string(pooling), std::string(combine),
+                                  per_sample_weights);
+  return forward_acc_cuda(p, weight).to(weight.scalar_type());
+}
+
+std::vector<Tensor> backward_cuda(const char* op, BackwardOut kind, const Tensor& grad, const Tensor& weight,
+                                  const Problem& p, double lr, double eps, const Tensor& momentum) {
+  check_grad(grad, p, weight, op);
+  const at::ScalarType acc = acc_dtype(p.wtype);
+  const auto opts = weight.options();
+  const int64_t N = p.N, G = p.G, D = p.D, B = p.B, F = p.F;
+  const auto& po = p.h_probe_offsets;
+  // Feature boundaries of the values (F + 1 entries) to size the pair arrays.
+  std::vector<int64_t> idx(size_t(F + 1));
+  for (int64_t f = 0; f <= F; ++f) idx[size_t(f)] = f * B;
+  const Tensor bounds = p.offsets.index_select(0, at::tensor(idx, opts.dtype(at::kLong))).cpu();
+  const int64_t* fb = bounds.data_ptr<int64_t>();
+  std::vector<int64_t> pair_base(size_t(F + 1), 0);
+  for (int64_t f = 0; f < F; ++f)
+    pair_base[size_t(f + 1)] =
+        pair_base[size_t(f)] + checked_mul(fb[f + 1] - fb[f], po[f + 1] - po[f], op, "the number of (value, probe) pairs");
+  const int64_t P = pair_base[size_t(F)];
+  const int gbits = bit_width(uint64_t(std::max<int64_t>(G - 1, 0)));
+  TORCH_CHECK_VALUE(N == 0 || bit_width(uint64_t(N - 1)) + gbits <= 64, op, ": ", N, " values x ", G,
+                    " probes do not fit the 64-bit pair codes");
+  Tensor dense;
+  if (kind == BackwardOut::Dense) dense = at::zeros({p.M, D}, opts.dtype(acc));
+  if (P == 0) {
+    if (kind == BackwardOut::Dense) return {dense.to(weight.scalar_type())};
+    if (kind == BackwardOut::Sparse) return {at::empty({0}, opts.dtype(at::kLong)), at::empty({0, D}, opts)};
+    return {};
+  }
+  const Tensor g = grad.to(acc).contiguous();
+  std::vector<int64_t> g_col(static_cast<size_t>(G));
+  for (int64_t f = 0; f < F; ++f)
+    for (int64_t gg = po[f]; gg < po[f + 1]; ++gg)
+      g_col[size_t(gg)] = p.combine == kCombineSum ? 0 : (p.pooling == kPoolNone ? (gg - po[f]) * D : gg * D);
+  const Tensor d_gcol = at::tensor(g_col, opts.dtype(at::kLong));
+  const Tensor d_pair_base = at::tensor(pair_base, opts.dtype(at::kLong));
+  Tensor slot_row = at::empty({N}, opts.dtype(at::kLong)), scale = at::empty({N}, opts.dtype(acc));
+  Tensor keys = at::empty({2, P}, opts.dtype(at::kLong)), codes = at::empty({2, P}, opts.dtype(at::kLong));
+  const int bits = bit_width(uint64_t(p.M - 1));
+  const size_t tmp_bytes = cuda::sort_segments_temp_bytes(P, bits);
+  Tensor tmp = at::empty({int64_t(std::max<size_t>(tmp_bytes, 1))}, opts.dtype(at::kByte));
+  Tensor unique_rows = at::empty({P}, opts.dtype(at::kLong)), seg_start = at::empty({P + 1}, opts.dtype(at::kLong));
+  Tensor num_runs = at::empty({1}, opts.dtype(at::kLong));
+  const cudaStream_t stream = current_stream(weight);
+  const MuxLayout L = layout_of(p);
+  cuda::prepare_pairs(L, p.pooling, gbits, acc == at::kDouble, p.psw.defined() ? p.psw.data_ptr() : nullptr,
+                      d_pair_base.data_ptr<int64_t>(), slot_row.data_ptr<int64_t>(), scale.data_ptr(),
+                      reinterpret_cast<uint64_t*>(keys.data_ptr<int64_t>()),
+                      reinterpret_cast<uint64_t*>(codes.data_ptr<int64_t>()), stream);
+  const int64_t U = cuda::sort_segments(reinterpret_cast<uint64_t*>(keys.data_ptr<int64_t>()),
+                                        reinterpret_cast<uint64_t*>(codes.data_ptr<int64_t>()), P, bits, tmp.data_ptr(),
+                                        tmp_bytes, unique_rows.data_ptr<int64_t>(), seg_start.data_ptr<int64_t>(),
+                                        num_runs.data_ptr<int64_t>(), stream);
+  // keys / codes row 1 now hold the sorted pairs.
+  Tensor gsum = at::empty({U, D}, opts.dtype(acc));
+  BackwardArgs a;
+  a.rows = reinterpret_cast<const uint64_t*>(keys.data_ptr<int64_t>()) + P;
+  a.codes = reinterpret_cast<const uint64_t*>(codes.data_ptr<int64_t>()) + P;
+  a.seg_start = seg_start.data_ptr<int64_t>();
+  a.probe_bits = gbits;
+  a.dim = D;
+  a.grad = g.data_ptr();
+  a.grad_stride = g.size(1);
+  a.g_col = d_gcol.data_ptr<int64_t>();
+  a.slot_row = slot_row.data_ptr<int64_t>();
+  a.scale = scale.data_ptr();
+  a.wtype = p.wtype;
+  a.lr = lr;
+  a.eps = eps;
+  a.out = gsum.data_ptr();
+  cuda::reduce_segments(a, U, stream);
+  if (kind == BackwardOut::Sparse) return {unique_rows.slice(0, 0, U).clone(), gsum.to(weight.scalar_type())};
+  if (kind == BackwardOut::Dense) {
+    dense.index_copy_(0, unique_rows.slice(0, 0, U), gsum);
+    return {dense.to(weight.scalar_type())};
+  }
+  TORCH_CHECK_VALUE(weight.is_contiguous(), op, ": weight must be contiguous to be updated in place");
+  a.weight = weight.data_ptr();
+  a.mode = kind == BackwardOut::Sgd ? kSgd : kRowwiseAdagrad;
+  a.momentum = kind == BackwardOut::RowwiseAdagrad ? momentum.data_ptr() : nullptr;
+  cuda::apply_rows(a, unique_rows.data_ptr<int64_t>(), gsum.data_ptr(), U, stream);
+  return {};
+}
+
+Tensor backward_dense_cuda(const Tensor& grad, const Tensor& weight, EMBKERN_EMB_LAYOUT_PARAMS) {
+  const char* op = "mux_embedding_bag_backward";
+  const c10::cuda::CUDAGuard guard(weight.device());
+  const Problem p = check_problem(op, weight, EMBKERN_EMB_LAYOUT_ARGS);
+  return backward_cuda(op, BackwardOut::Dense, grad, weight, p, 0, 0, Tensor())[0];
+}
+
+std::tuple<Tensor, Tensor> backward_sparse_cuda(const Tensor& grad, const Tensor& weight, EMBKERN_EMB_LAYOUT_PARAMS) {
+  const char* op = "mux_embedding_bag_backward_sparse";
+  const c10::cuda::CUDAGuard guard(weight.device());
+  const Problem p = check_problem(op, weight, EMBKERN_EMB_LAYOUT_ARGS);
+  auto r = backward_cuda(op, BackwardOut::Sparse, grad, weight, p, 0, 0, Tensor());
+  return {r[0], r[1]};
+}
+
+void sgd_cuda(const Tensor& weight, const Tensor& grad, EMBKERN_EMB_LAYOUT_PARAMS, double lr) {
+  const char* op = "mux_embedding_bag_sgd_";
+  const c10::cuda::CUDAGuard guard(weight.device());
+  const Problem p = check_problem(op, weight, EMBKERN_EMB_LAYOUT_ARGS);
+  check_lr_eps(lr, 0.0, op);
+  backward_cuda(op, BackwardOut::Sgd, grad, weight, p, lr, 0, Tensor());
+}
+
+void rowwise_adagrad_cuda(const Tensor& weight, const Tensor& momentum, const Tensor& grad, EMBKERN_EMB_LAYOUT_PARAMS,
+                          double lr, double eps) {
+  const char* op = "mux_embedding_bag_rowwise_adagrad_";
+  const c10::cuda::CUDAGuard guard(weight.device());
+  const Problem p = check_problem(op, weight, EMBKERN_EMB_LAYOUT_ARGS);
+  check_lr_eps(lr, eps, op);
+  check_momentum(momentum, weight, p.wtype, op);
+  backward_cuda(op, BackwardOut::RowwiseAdagrad, grad, weight, p, lr, eps, momentum);
+}
+
+// The per-sample-weight gradient is a small, rare path: computed by the CPU kernel on copies.
+Tensor psw_backward_cuda(const Tensor& grad, const Tensor& weight, EMBKERN_EMB_LAYOUT_PARAMS) {
+  const auto cpu = [](const std::optional<Tensor>& t) -> std::optional<Tensor> {
+    return t.has_value() ? std::optional<Tensor>(t->cpu()) : std::nullopt;
+  };
+  check_same_device(weight, "weight", grad, "grad", "mux_embedding_bag_psw_backward");
+  return psw_backward_cpu(grad.cpu(), weight.cpu(), values.cpu(), offsets.cpu(), probe_offsets.cpu(),
+                          probe_row_base.cpu(), probe_row_size.cpu(), probe_keys.cpu(), pooling, combine,
+                          cpu(per_sample_weights))
+      .to(weight.device());
+}
+
+Tensor fused_forward_cuda(const Tensor& weight, const Tensor& momentum, EMBKERN_EMB_LAYOUT_PARAMS,
+                          c10::string_view optimizer, double lr, double eps) {
+  const char* op = "mux_embedding_bag_fused";
+  const c10::cuda::CUDAGuard guard(weight.device());
+  const Problem p = check_problem(op, weight, EMBKERN_EMB_LAYOUT_ARGS);
+  TORCH_CHECK_VALUE(optimizer == "sgd" || optimizer == "rowwise_adagrad", op,
+                    ": optimizer must be 'sgd' or 'rowwise_adagrad', got '", std::string(optimizer), "'");
+  check_lr_eps(lr, eps, op);
+  if (optimizer == "rowwise_adagrad") check_momentum(momentum, weight, p.wtype, op);
+  return forward_acc_cuda(p, weight).to(weight.scalar_type());
+}
+#endif
+
+}  // namespace
+
+#define EMBKERN_EMB_LAYOUT_SCHEMA                                                                        \
+  "Tensor values, Tensor offsets, Tensor probe_offsets, Tensor probe_row_base, Tensor probe_row_size, " \
+  "Tensor probe_keys, str pooling, str combine, Tensor? per_sample_weights"
+
+TORCH_LIBRARY_FRAGMENT(embkern, m) {
+  m.def(
+      "mux_embedding_bag(Tensor weight, Tensor values, Tensor offsets, Tensor probe_offsets, Tensor probe_row_base, "
+      "Tensor probe_row_size, Tensor probe_keys, str pooling=\"sum\", str combine=\"concat\", "
+      "Tensor? per_sample_weights=None, bool sparse=False) -> Tensor");
+  m.def("mux_embedding_bag_backward(Tensor grad, Tensor weight, " EMBKERN_EMB_LAYOUT_SCHEMA ") -> Tensor");
+  m.def("mux_embedding_bag_backward_sparse(Tensor grad, Tensor weight, " EMBKERN_EMB_LAYOUT_SCHEMA
+        ") -> (Tensor, Tensor)");
+  m.def("mux_embedding_bag_psw_backward(Tensor grad, Tensor weight, " EMBKERN_EMB_LAYOUT_SCHEMA ") -> Tensor");
+  m.def("mux_embedding_bag_sgd_(Tensor(a!) weight, Tensor grad, " EMBKERN_EMB_LAYOUT_SCHEMA ", float lr) -> ()");
+  m.def("mux_embedding_bag_rowwise_adagrad_(Tensor(a!) weight, Tensor(b!) momentum, Tensor grad, " EMBKERN_EMB_LAYOUT_SCHEMA
+        ", float lr, float eps=1e-8) -> ()");
+  m.def("mux_embedding_bag_fused(Tensor weight, Tensor momentum, " EMBKERN_EMB_LAYOUT_SCHEMA
+        ", str optimizer, float lr, float eps=1e-8) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(embkern, CPU, m) {
+  m.impl("mux_embedding_bag", &mux_embedding_bag_cpu);
+  m.impl("mux_embedding_bag_backward", &backward_dense_cpu);
+  m.impl("mux_embedding_bag_backward_sparse", &backward_sparse_cpu);
+  m.impl("mux_embedding_bag_psw_backward", &psw_backward_cpu);
+  m.impl("mux_embedding_bag_sgd_", &sgd_cpu);
+  m.impl("mux_embedding_bag_rowwise_adagrad_", &rowwise_adagrad_cpu);
+  m.impl("mux_embedding_bag_fused", &fused_forward_cpu);
+}
+
+#ifdef EMBKERN_WITH_CUDA
+TORCH_LIBRARY_IMPL(embkern, CUDA, m) {
+  m.impl("mux_embedding_bag", &mux_embedding_bag_cuda);
+  m.impl("mux_embedding_bag_backward", &backward_dense_cuda);
+  m.impl("mux_embedding_bag_backward_sparse", &backward_sparse_cuda);
+  m.impl("mux_embedding_bag_psw_backward", &psw_backward_cuda);
+  m.impl("mux_embedding_bag_sgd_", &sgd_cuda);
+  m.impl("mux_embedding_bag_rowwise_adagrad_", &rowwise_adagrad_cuda);
+  m.impl("mux_embedding_bag_fused", &fused_forward_cuda);
+}
+#endif
+
+}  // namespace embkern::emb
