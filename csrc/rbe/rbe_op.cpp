@@ -69,9 +69,14 @@ void check_topk_k(int64_t k, int64_t n, const char* op) {
 using ScanFn = void (*)(EMBKERN_RBE_SCAN_ARGS);
 using ScoresFn = void (*)(EMBKERN_RBE_SCORES_ARGS);
 
-ScanFn pick_scan() {
+// 2 bits per dimension: VPERMB tables beat bit planes (1.33 vs 2 port-5 ops per pair at dim 256,
+// measured in benchmarks/bench_rbe.py); other widths use bit planes.
+bool use_vbmi(const CpuFeatures& f, const SdcShape& s) { return f.avx512 && f.vbmi && s.bits == 2 && s.dim <= kVbmiMaxDim; }
+
+ScanFn pick_scan([[maybe_unused]] const SdcShape& s) {
 #ifdef EMBKERN_X86_KERNELS
   const CpuFeatures f = cpu_features_active();
+  if (use_vbmi(f, s)) return sdc_topk_scan_avx512vbmi;
   if (f.avx512 && f.vpopcntdq) return sdc_topk_scan_avx512vpopcnt;
   if (f.avx512) return sdc_topk_scan_avx512;
   if (f.avx2) return sdc_topk_scan_avx2;
@@ -79,9 +84,10 @@ ScanFn pick_scan() {
   return sdc_topk_scan_scalar;
 }
 
-ScoresFn pick_scores() {
+ScoresFn pick_scores([[maybe_unused]] const SdcShape& s) {
 #ifdef EMBKERN_X86_KERNELS
   const CpuFeatures f = cpu_features_active();
+  if (use_vbmi(f, s)) return sdc_scores_avx512vbmi;
   if (f.avx512 && f.vpopcntdq) return sdc_scores_avx512vpopcnt;
   if (f.avx512) return sdc_scores_avx512;
   if (f.avx2) return sdc_scores_avx2;
@@ -104,7 +110,7 @@ Tensor sdc_scores_cpu(const Tensor& q_codes, const Tensor& db_codes, int64_t dim
   }
   const uint8_t *qp = q.data_ptr<uint8_t>(), *dp = db.data_ptr<uint8_t>();
   float* op = out.data_ptr<float>();
-  const ScoresFn scores = pick_scores();
+  const ScoresFn scores = pick_scores(s);
   const int64_t cb = s.code_bytes;
   if (nq >= 8 * at::get_num_threads()) {
     at::parallel_for(0, nq, 1, [&](int64_t b, int64_t e) { scores(qp + b * cb, e - b, dp, 0, nb, s, op + b * nb, nb); });
@@ -129,7 +135,7 @@ std::tuple<Tensor, Tensor> sdc_topk_cpu(const Tensor& q_codes, const Tensor& db_
     s.db_inv_norm = inv.data_ptr<float>();
   }
   const uint8_t *qp = q.data_ptr<uint8_t>(), *dp = db.data_ptr<uint8_t>();
-  const ScanFn scan = pick_scan();
+  const ScanFn scan = pick_scan(s);
   const int64_t cb = s.code_bytes;
   parallel_topk<float, /*LargerIsBetter=*/true>(
       nq, nb, k, out_v.data_ptr<float>(), out_i.data_ptr<int64_t>(), "sdc_topk",
