@@ -65,10 +65,11 @@ __global__ void __launch_bounds__(kThreads) sdc_kernel(const uint64_t* __restric
                                                        const uint64_t* __restrict__ dplanes,
                                                        const unsigned long long* __restrict__ dsum, int64_t nb,
                                                        int64_t dim, int64_t words, const float* __restrict__ inv,
-                                                       float* __restrict__ out, long long* __restrict__ keys) {
+                                                       float* __restrict__ out, long long* __restrict__ keys,
+                                                       int64_t tile_base) {
   __shared__ uint64_t sq[kQueryTile][B][kWordTile];
   const int64_t j = int64_t(blockIdx.x) * kThreads + threadIdx.x;
-  const int64_t q0 = int64_t(blockIdx.y) * kQueryTile;
+  const int64_t q0 = (tile_base + blockIdx.y) * kQueryTile;
   const int qn = int(min(int64_t(kQueryTile), nq - q0));
   int acc[kQueryTile][2 * B - 1];  // per class at most 4 x 64 per word: int32 for dim <= 2^21
 #pragma unroll
@@ -147,12 +148,15 @@ template <bool Keys>
 void launch(const Workspace& w, int64_t nq, int64_t nb, int64_t dim, int bits, const float* inv, float* out,
             long long* keys, cudaStream_t stream) {
   const int64_t words = sdc_plane_words(dim);
-  const dim3 grid(unsigned(ceil_div(nb, kThreads)), unsigned(ceil_div(nq, kQueryTile)));
-  switch (bits) {
-    case 1: sdc_kernel<1, Keys><<<grid, kThreads, 0, stream>>>(w.qp, w.qs, nq, w.dp, w.ds, nb, dim, words, inv, out, keys); break;
-    case 2: sdc_kernel<2, Keys><<<grid, kThreads, 0, stream>>>(w.qp, w.qs, nq, w.dp, w.ds, nb, dim, words, inv, out, keys); break;
-    case 3: sdc_kernel<3, Keys><<<grid, kThreads, 0, stream>>>(w.qp, w.qs, nq, w.dp, w.ds, nb, dim, words, inv, out, keys); break;
-    default: sdc_kernel<4, Keys><<<grid, kThreads, 0, stream>>>(w.qp, w.qs, nq, w.dp, w.ds, nb, dim, words, inv, out, keys); break;
+  const int64_t tiles = ceil_div(nq, kQueryTile);
+  for (int64_t t0 = 0; t0 < tiles; t0 += 65535) {  // gridDim.y is at most 65535
+    const dim3 grid(unsigned(ceil_div(nb, kThreads)), unsigned(min(int64_t(65535), tiles - t0)));
+    switch (bits) {
+      case 1: sdc_kernel<1, Keys><<<grid, kThreads, 0, stream>>>(w.qp, w.qs, nq, w.dp, w.ds, nb, dim, words, inv, out, keys, t0); break;
+      case 2: sdc_kernel<2, Keys><<<grid, kThreads, 0, stream>>>(w.qp, w.qs, nq, w.dp, w.ds, nb, dim, words, inv, out, keys, t0); break;
+      case 3: sdc_kernel<3, Keys><<<grid, kThreads, 0, stream>>>(w.qp, w.qs, nq, w.dp, w.ds, nb, dim, words, inv, out, keys, t0); break;
+      default: sdc_kernel<4, Keys><<<grid, kThreads, 0, stream>>>(w.qp, w.qs, nq, w.dp, w.ds, nb, dim, words, inv, out, keys, t0); break;
+    }
   }
 }
 

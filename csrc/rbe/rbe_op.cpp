@@ -277,7 +277,7 @@ std::tuple<Tensor, Tensor> sdc_topk_cuda(const Tensor& q_codes, const Tensor& db
   const Tensor inv = db_inv_norm ? db_inv_norm->contiguous() : Tensor();
   const int64_t words = sdc_plane_words(dim);
   // Queries go in chunks whose (score, index) keys fit a bounded buffer: never a Q x N matrix.
-  const int64_t chunk = std::max<int64_t>(1, std::min<int64_t>(nq, (int64_t(1) << 26) / nb));
+  const int64_t chunk = std::max<int64_t>(1, std::min<int64_t>(nq, (int64_t(1) << 25) / nb));
   Tensor ws = at::empty({int64_t(cuda::sdc_workspace_words(chunk, nb, s.bits, words))}, q.options().dtype(at::kLong));
   Tensor keys = at::empty({chunk, nb}, q.options().dtype(at::kLong));
   for (int64_t q0 = 0; q0 < nq; q0 += chunk) {
