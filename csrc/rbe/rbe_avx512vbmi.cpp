@@ -58,13 +58,13 @@ struct Block {
     const __m512i low6 = _mm512_set1_epi8(0x3f);
     for (int64_t j = 0; j < rows; ++j) {
       const uint8_t* row = db + (begin + j) * s.code_bytes;
-      int64_t p = 0, c = 0;
-      for (; c + 48 <= s.code_bytes && p < positions; c += 48, p += 64) {
-        const __m512i in = _mm512_maskz_loadu_epi8(0xFFFFFFFFFFFFull, row + c);
+      // the last chunk loads fewer bytes (masked, zero-filled): its fields past the code are padding 0s
+      for (int64_t p = 0, c = 0; p < positions; c += 48, p += 64) {
+        const int64_t nbytes = std::min<int64_t>(48, s.code_bytes - c);
+        const __m512i in = _mm512_maskz_loadu_epi8(__mmask64((1ull << nbytes) - 1), row + c);
         const __m512i f = _mm512_and_si512(_mm512_multishift_epi64_epi8(shifts, _mm512_permutexvar_epi8(spread, in)), low6);
         _mm512_store_si512(fields + p, f);
       }
-      for (; p < positions; ++p) fields[p] = uint8_t(field6(row, s.code_bytes, p));
       int32_t sum = 0;  // sum of levels = 2 popcount(high bits) + popcount(low bits); padding bits are 0
       for (int64_t b = 0; b < s.code_bytes; b += 8) {
         uint64_t w = 0;
@@ -95,15 +95,22 @@ struct Tables {
   Tables(const uint8_t* queries, int64_t nq, const SdcShape& s)
       : positions((s.dim + 2) / 3), t(new uint8_t[size_t(std::max<int64_t>(1, nq) * positions * 64)]),
         kq(new int32_t[size_t(std::max<int64_t>(1, nq))]) {
+    __m512i mult[3][4];  // mult[t][l] byte i = l * (level t of index i)
+    for (int t3 = 0; t3 < 3; ++t3)
+      for (int l = 0; l < 4; ++l) {
+        alignas(64) uint8_t m[64];
+        for (int i = 0; i < 64; ++i) m[i] = uint8_t(l * ((i >> (4 - 2 * t3)) & 3));
+        mult[t3][l] = _mm512_load_si512(m);
+      }
     for (int64_t q = 0; q < nq; ++q) {
       const uint8_t* row = queries + q * s.code_bytes;
       int64_t sum = 0;
       for (int64_t p = 0; p < positions; ++p) {
         const unsigned f = field6(row, s.code_bytes, p);  // padding dimensions have level 0: no contribution
         sum += level_sum6(f);
-        const int l0 = (f >> 4) & 3, l1 = (f >> 2) & 3, l2 = f & 3;
-        uint8_t* tp = &t[(q * positions + p) * 64];
-        for (int i = 0; i < 64; ++i) tp[i] = uint8_t(l0 * ((i >> 4) & 3) + l1 * ((i >> 2) & 3) + l2 * (i & 3));
+        // T_p = l0 * (idx >> 4 & 3) + l1 * (idx >> 2 & 3) + l2 * (idx & 3), from precomputed multiples
+        const __m512i tp = _mm512_add_epi8(_mm512_add_epi8(mult[0][(f >> 4) & 3], mult[1][(f >> 2) & 3]), mult[2][f & 3]);
+        _mm512_storeu_si512(&t[(q * positions + p) * 64], tp);
       }
       kq[q] = int32_t(2 * 3 * sum - s.dim * 9);
     }
