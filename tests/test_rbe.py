@@ -326,7 +326,7 @@ def test_two_bit_bit_plane_and_vbmi_paths_agree():
         inv = rng.uniform(0.5, 1.5, 1300).astype(np.float32)
         want = rbe_ref.sdc_scores(lq, ld, 2, inv)
         rv, ri = rbe_ref.topk(want, 17)
-        for disabled in ((), ("vbmi",), ("vbmi", "vpopcntdq")):
+        for disabled in ((), ("vbmi",), ("vbmi", "vpopcntdq"), ("vnni",)):
             embkern.set_isa("avx512", disabled)
             try:
                 np.testing.assert_array_equal(embkern.sdc_scores(q, db, dim, 2, inv), want)
@@ -336,4 +336,20 @@ def test_two_bit_bit_plane_and_vbmi_paths_agree():
                 outs.append(disabled)
             finally:
                 embkern.set_isa(info["best_isa"])
-    assert len(outs) == 21
+    assert len(outs) == 28
+
+
+@pytest.mark.parametrize("nq", [1, 2, 4])
+def test_two_bit_few_queries_path(isa, nq):
+    # at 2 bits and <= 4 queries AVX-512 VNNI reads rows in place (no block repack)
+    rng = np.random.default_rng(nq)
+    for dim in (1, 63, 65, 256, 700):
+        lq, ld = random_levels(rng, nq, dim, 2), random_levels(rng, 900, dim, 2)
+        q, db = embkern.pack_levels(lq, 2), embkern.pack_levels(ld, 2)
+        inv = rng.uniform(0.5, 1.5, 900).astype(np.float32)
+        want = rbe_ref.sdc_scores(lq, ld, 2, inv)
+        np.testing.assert_array_equal(embkern.sdc_scores(q, db, dim, 2, inv), want)
+        rv, ri = rbe_ref.topk(want, 9)
+        v, i = embkern.sdc_topk(q, db, dim, 2, 9, inv)
+        np.testing.assert_array_equal(v, rv)
+        np.testing.assert_array_equal(i, ri)

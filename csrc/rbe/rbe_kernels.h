@@ -47,6 +47,10 @@ void sdc_topk_scan_avx512vpopcnt(EMBKERN_RBE_SCAN_ARGS);  // VPOPCNTQ
 // bits == 2 and dim <= kVbmiMaxDim only: VPERMB lookups on 3-dimension fields (rbe_avx512vbmi.cpp)
 void sdc_topk_scan_avx512vbmi(EMBKERN_RBE_SCAN_ARGS);
 constexpr int64_t kVbmiMaxDim = 7200;  // 16-bit row sums: 27 * ceil(dim / 3) < 2^16
+// bits == 2 and nq <= kVnniMaxQueries only: rows read in place, VPDPBUSD on unpacked levels
+// (rbe_avx512vnni.cpp); for a few queries the blocked kernels' repacking would dominate.
+void sdc_topk_scan_avx512vnni(EMBKERN_RBE_SCAN_ARGS);
+constexpr int64_t kVnniMaxQueries = 4;
 
 // out[q * out_stride + (j - db_begin)] = score of query q and row j, for j in [db_begin, db_end).
 #define EMBKERN_RBE_SCORES_ARGS                                                                     \
@@ -57,6 +61,7 @@ void sdc_scores_avx2(EMBKERN_RBE_SCORES_ARGS);
 void sdc_scores_avx512(EMBKERN_RBE_SCORES_ARGS);
 void sdc_scores_avx512vpopcnt(EMBKERN_RBE_SCORES_ARGS);
 void sdc_scores_avx512vbmi(EMBKERN_RBE_SCORES_ARGS);
+void sdc_scores_avx512vnni(EMBKERN_RBE_SCORES_ARGS);
 
 // ---- encoder epilogue and converters (portable; memory bound) --------------------------------------
 

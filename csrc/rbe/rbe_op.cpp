@@ -72,10 +72,15 @@ using ScoresFn = void (*)(EMBKERN_RBE_SCORES_ARGS);
 // 2 bits per dimension: VPERMB tables beat bit planes (1.33 vs 2 port-5 ops per pair at dim 256,
 // measured in benchmarks/bench_rbe.py); other widths use bit planes.
 bool use_vbmi(const CpuFeatures& f, const SdcShape& s) { return f.avx512 && f.vbmi && s.bits == 2 && s.dim <= kVbmiMaxDim; }
+// 2 bits and a few queries: read rows in place (the blocked kernels' repack would dominate).
+bool use_vnni(const CpuFeatures& f, const SdcShape& s, int64_t nq) {
+  return f.avx512 && f.vnni && s.bits == 2 && nq <= kVnniMaxQueries;
+}
 
-ScanFn pick_scan([[maybe_unused]] const SdcShape& s) {
+ScanFn pick_scan([[maybe_unused]] const SdcShape& s, [[maybe_unused]] int64_t nq) {
 #ifdef EMBKERN_X86_KERNELS
   const CpuFeatures f = cpu_features_active();
+  if (use_vnni(f, s, nq)) return sdc_topk_scan_avx512vnni;
   if (use_vbmi(f, s)) return sdc_topk_scan_avx512vbmi;
   if (f.avx512 && f.vpopcntdq) return sdc_topk_scan_avx512vpopcnt;
   if (f.avx512) return sdc_topk_scan_avx512;
@@ -84,9 +89,10 @@ ScanFn pick_scan([[maybe_unused]] const SdcShape& s) {
   return sdc_topk_scan_scalar;
 }
 
-ScoresFn pick_scores([[maybe_unused]] const SdcShape& s) {
+ScoresFn pick_scores([[maybe_unused]] const SdcShape& s, [[maybe_unused]] int64_t nq) {
 #ifdef EMBKERN_X86_KERNELS
   const CpuFeatures f = cpu_features_active();
+  if (use_vnni(f, s, nq)) return sdc_scores_avx512vnni;
   if (use_vbmi(f, s)) return sdc_scores_avx512vbmi;
   if (f.avx512 && f.vpopcntdq) return sdc_scores_avx512vpopcnt;
   if (f.avx512) return sdc_scores_avx512;
@@ -110,7 +116,7 @@ Tensor sdc_scores_cpu(const Tensor& q_codes, const Tensor& db_codes, int64_t dim
   }
   const uint8_t *qp = q.data_ptr<uint8_t>(), *dp = db.data_ptr<uint8_t>();
   float* op = out.data_ptr<float>();
-  const ScoresFn scores = pick_scores(s);
+  const ScoresFn scores = pick_scores(s, nq);
   const int64_t cb = s.code_bytes;
   if (nq >= 8 * at::get_num_threads()) {
     at::parallel_for(0, nq, 1, [&](int64_t b, int64_t e) { scores(qp + b * cb, e - b, dp, 0, nb, s, op + b * nb, nb); });
@@ -135,7 +141,7 @@ std::tuple<Tensor, Tensor> sdc_topk_cpu(const Tensor& q_codes, const Tensor& db_
     s.db_inv_norm = inv.data_ptr<float>();
   }
   const uint8_t *qp = q.data_ptr<uint8_t>(), *dp = db.data_ptr<uint8_t>();
-  const ScanFn scan = pick_scan(s);
+  const ScanFn scan = pick_scan(s, nq);
   const int64_t cb = s.code_bytes;
   parallel_topk<float, /*LargerIsBetter=*/true>(
       nq, nb, k, out_v.data_ptr<float>(), out_i.data_ptr<int64_t>(), "sdc_topk",
