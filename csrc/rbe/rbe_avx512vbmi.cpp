@@ -24,7 +24,7 @@ namespace {
 using Heap = TopKHeap<float, /*LargerIsBetter=*/true>;
 
 constexpr int64_t kBlock = 256;      // rows per repacked block (4 groups of 64)
-constexpr int64_t kQueryChunk = 256;  // queries whose tables are built together (amortizes the block repack)
+constexpr int64_t kQueryChunk = 512;  // queries per block repack (2.8 MB of tables; 256 measured 10-30% slower)
 
 // 6-bit field f of a 2-bit code row (stream bits 6f .. 6f+5, MSB first); 0 past the row's end.
 inline unsigned field6(const uint8_t* row, int64_t code_bytes, int64_t f) {
