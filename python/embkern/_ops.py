@@ -189,3 +189,36 @@ def _mux_fused_backward(ctx, grad):
 
 torch.library.register_autograd("embkern::mux_embedding_bag_fused", _mux_fused_backward,
                                 setup_context=_mux_fused_setup_context)
+# ---- rbe (DESIGN 3.4) -------------------------------------------------------------------------------
+
+
+@register_fake("embkern::sdc_scores")
+def _sdc_scores_fake(q_codes, db_codes, dim, bits, db_inv_norm=None):
+    return q_codes.new_empty((q_codes.shape[0], db_codes.shape[0]), dtype=torch.float32)
+
+
+@register_fake("embkern::sdc_topk")
+def _sdc_topk_fake(q_codes, db_codes, dim, bits, k, db_inv_norm=None):
+    nq = q_codes.shape[0]
+    return (q_codes.new_empty((nq, k), dtype=torch.float32), q_codes.new_empty((nq, k), dtype=torch.int64))
+
+
+@register_fake("embkern::rbe_residual")
+def _rbe_residual_fake(x, h):
+    return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+
+@register_fake("embkern::rbe_sign_step")
+def _rbe_sign_step_fake(pre, levels, step):
+    return pre.new_empty(pre.shape, dtype=torch.uint8), pre.new_empty(pre.shape)
+
+
+@register_fake("embkern::rbe_pack_levels")
+def _rbe_pack_levels_fake(levels, bits):
+    n, dim = levels.shape
+    return levels.new_empty((n, (dim * bits + 7) // 8)), levels.new_empty((n,), dtype=torch.float32)
+
+
+@register_fake("embkern::rbe_unpack_levels")
+def _rbe_unpack_levels_fake(codes, dim, bits):
+    return codes.new_empty((codes.shape[0], dim))
