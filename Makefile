@@ -44,7 +44,9 @@ build: $(STAMP)
 	  -DCMAKE_BUILD_TYPE=Release -DCMAKE_MAKE_PROGRAM="$(ENV_DIR)/bin/ninja" > $(BUILD_DIR).configure.log || \
 	  (cat $(BUILD_DIR).configure.log; exit 1)
 	$(ENV_DIR)/bin/cmake --build $(BUILD_DIR) -j $(JOBS)
-	cp -f $(BUILD_DIR)/_C*.so $(BUILD_DIR)/_build_config.py python/embkern/
+	@# copy then rename: overwriting a loaded .so in place crashes processes that have it mapped
+	for f in $(BUILD_DIR)/_C*.so $(BUILD_DIR)/_build_config.py; do \
+	  cp -f "$$f" "python/embkern/.$$(basename $$f).tmp" && mv -f "python/embkern/.$$(basename $$f).tmp" "python/embkern/$$(basename $$f)"; done
 
 test: build
 	PYTHONPATH=$(CURDIR)/python $(PY) -m pytest tests -q $(PYTEST_ARGS)
