@@ -93,14 +93,20 @@ inline void apply_row_scale(float* v, int64_t d, const float* row_scale, int64_t
   for (int64_t c = 0; c < d; ++c) v[c] *= s;
 }
 
-// The initial matrix (same on every ISA; the hash loop vectorizes where the ISA has 64-bit multiplies).
-inline void init_rows_impl(const InitArgs& a, int64_t row_begin, int64_t row_end) {
+// v[0 .. n) = R[row_state, 0 .. n): the portable version of the hash loop.
+inline void fill_random_scalar(uint64_t row_state, float* v, int64_t n, uint64_t threshold, float sqrt_s) {
+  for (int64_t c = 0; c < n; ++c) v[c] = rp_entry(row_state, c, threshold, sqrt_s);
+}
+
+// The initial matrix; `fill_random` is the ISA's version of fill_random_scalar (bit-identical).
+template <class FillRandom>
+inline void init_rows_impl(const InitArgs& a, int64_t row_begin, int64_t row_end, FillRandom&& fill_random) {
   std::vector<float> v(static_cast<size_t>(a.dim));
   const int64_t fdim = a.dim - a.rand_dim;
   for (int64_t r = row_begin; r < row_end; ++r) {
     const int64_t key = a.keys ? a.keys[r] : r;
     const uint64_t rs = rp_row_state(a.seed_state, key);
-    for (int64_t c = 0; c < a.rand_dim; ++c) v[c] = rp_entry(rs, c, a.threshold, a.sqrt_s);
+    fill_random(rs, v.data(), a.rand_dim, a.threshold, a.sqrt_s);
     if (fdim > 0) {
       float* fv = v.data() + a.rand_dim;
       std::memset(fv, 0, size_t(fdim) * 4);
