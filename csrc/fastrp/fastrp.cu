@@ -100,7 +100,11 @@ __device__ __forceinline__ void write_cols(const SpmmArgs& a, int64_t r, int64_t
   }
   if (a.acc) {
     float* acc = a.acc + off;
-    for (int k = 0; k < VEC; ++k) acc[k] = fmaf(a.acc_weight, a.acc_normalize ? v[k] * inv : v[k], acc[k]);
+    if (a.acc_overwrite) {
+      for (int k = 0; k < VEC; ++k) acc[k] = a.acc_weight * (a.acc_normalize ? v[k] * inv : v[k]);
+    } else {
+      for (int k = 0; k < VEC; ++k) acc[k] = fmaf(a.acc_weight, a.acc_normalize ? v[k] * inv : v[k], acc[k]);
+    }
   }
 }
 

@@ -4,7 +4,7 @@
 // (CSR x dense, fp32 accumulation, the row's entries summed in CSR order, every column in the same
 // order on every ISA, so all paths give identical bits), followed by a fused epilogue:
 //   y[r]   = y_normalize   ? v / ||v|| : v          (stored as fp32 or bf16, round to nearest even)
-//   acc[r] = acc[r] + acc_weight * (acc_normalize ? v / ||v|| : v)     (fp32)
+//   acc[r] = acc[r] + acc_weight * (acc_normalize ? v / ||v|| : v)     (fp32; acc_overwrite drops acc[r] +)
 // A zero row normalizes to zero. The result of a row never depends on how rows are split among
 // threads.
 //
@@ -30,6 +30,7 @@ struct SpmmArgs {
   float* acc;              // [rows, d] or nullptr
   float acc_weight;
   bool acc_normalize;
+  bool acc_overwrite;      // acc = acc_weight * ... (no read of acc)
 };
 
 struct InitArgs {

@@ -347,7 +347,10 @@ Tensor fastrp_pipeline(const Plan& p, const Tensor& indptr, const Tensor& indice
   InitArgs ia = init_args(p, keys, features, proj, lscale);
   ia.y = p.iters >= 1 ? cur.data_ptr() : nullptr;
   ia.y_bf16 = p.bf16;
-  ia.acc = out.data_ptr<float>();
+  // Without a self term the first weighted iteration writes `out` instead of adding to zeros (one
+  // n x dim write and read less). check_fastrp guarantees some weight is non-zero.
+  bool out_written = p.self_weight != 0.f;
+  ia.acc = out_written ? out.data_ptr<float>() : nullptr;
   init(ia);
   for (int64_t it = 0; it < p.iters; ++it) {
     SpmmArgs a = spmm_args(indptr, indices, weights, cur, inv_deg);
@@ -359,6 +362,8 @@ Tensor fastrp_pipeline(const Plan& p, const Tensor& indptr, const Tensor& indice
     a.acc = w != 0.f ? out.data_ptr<float>() : nullptr;
     a.acc_weight = w;
     a.acc_normalize = p.normalize_terms;
+    a.acc_overwrite = w != 0.f && !out_written;
+    out_written = out_written || w != 0.f;
     spmm(a);
     if (!last) std::swap(cur, next);
   }
