@@ -10,6 +10,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <optional>
 #include <string>
 #include <vector>
@@ -54,41 +55,57 @@ void check_csr(const Tensor& indptr, const Tensor& indices, const OptTensor& wei
   TORCH_CHECK_VALUE(indptr.numel() == rows + 1, op, ": indptr must have length ", rows + 1,
                     " (number of rows + 1), got ", indptr.numel());
   const int64_t nnz = indices.numel();
-  const int64_t first = item_i64(indptr[0]);
-  TORCH_CHECK_VALUE(first == 0, op, ": indptr[0] must be 0, got ", first);
-  if (rows > 0) {
-    const Tensor drop = indptr.slice(0, 1) < indptr.slice(0, 0, rows);
-    if (drop.any().item<bool>()) {
-      const int64_t p = first_true(drop);
-      TORCH_CHECK_VALUE(false, op, ": indptr must be non-decreasing, got indptr[", p + 1, "] = ", item_i64(indptr[p + 1]),
-                        " < indptr[", p, "] = ", item_i64(indptr[p]));
+  if (weights) {
+    check_dtype(*weights, op, "weights", at::kFloat);
+    check_rank(*weights, op, "weights", 1);
+    check_same_device(*weights, "weights", indices, "indices", op);
+    TORCH_CHECK_VALUE(weights->numel() == nnz, op, ": weights must have one entry per index (", nnz, "), got ",
+                      weights->numel());
+  }
+  // Each check finds the first offending position (p < 0: none) and reports it.
+  int64_t first, last, p_drop = -1, p_index = -1, p_weight = -1;
+  if (indptr.is_cpu()) {  // plain loops: one pass each, far cheaper than tensor temporaries here
+    const Tensor ipc = indptr.contiguous(), ixc = indices.contiguous();
+    const int64_t* ip = ipc.data_ptr<int64_t>();
+    const int64_t* ix = ixc.data_ptr<int64_t>();
+    first = ip[0];
+    last = ip[rows];
+    for (int64_t r = 0; r < rows && p_drop < 0; ++r)
+      if (ip[r + 1] < ip[r]) p_drop = r;
+    for (int64_t j = 0; j < nnz; ++j)
+      if (static_cast<uint64_t>(ix[j]) >= static_cast<uint64_t>(cols)) { p_index = j; break; }
+    if (weights && graph_weights) {
+      const Tensor wc = weights->contiguous();
+      const float* w = wc.data_ptr<float>();
+      for (int64_t j = 0; j < nnz; ++j)
+        if (!(w[j] >= 0.f && w[j] <= std::numeric_limits<float>::max())) { p_weight = j; break; }  // NaN fails too
+    }
+  } else {
+    first = item_i64(indptr[0]);
+    last = item_i64(indptr[rows]);
+    if (rows > 0) {
+      const Tensor drop = indptr.slice(0, 1) < indptr.slice(0, 0, rows);
+      if (drop.any().item<bool>()) p_drop = first_true(drop);
+    }
+    if (nnz > 0) {
+      const auto [lo, hi] = at::aminmax(indices);
+      if (item_i64(lo) < 0 || item_i64(hi) >= cols) p_index = first_true((indices < 0).logical_or_(indices >= cols));
+    }
+    if (weights && graph_weights && nnz > 0) {
+      const Tensor bad = at::isfinite(*weights).logical_not_().logical_or_(*weights < 0);
+      if (bad.any().item<bool>()) p_weight = first_true(bad);
     }
   }
-  const int64_t last = item_i64(indptr[rows]);
+  TORCH_CHECK_VALUE(first == 0, op, ": indptr[0] must be 0, got ", first);
+  TORCH_CHECK_VALUE(p_drop < 0, op, ": indptr must be non-decreasing, got indptr[", p_drop + 1, "] = ",
+                    p_drop < 0 ? 0 : item_i64(indptr[p_drop + 1]), " < indptr[", p_drop, "] = ",
+                    p_drop < 0 ? 0 : item_i64(indptr[p_drop]));
   TORCH_CHECK_VALUE(last == nnz, op, ": indptr[-1] must equal the number of entries len(indices) = ", nnz, ", got ",
                     last);
-  if (nnz > 0) {
-    const auto [lo, hi] = at::aminmax(indices);
-    if (item_i64(lo) < 0 || item_i64(hi) >= cols) {
-      const int64_t p = first_true((indices < 0).logical_or_(indices >= cols));
-      TORCH_CHECK_INDEX(false, op, ": indices must be in [0, ", cols, "), got indices[", p, "] = ", item_i64(indices[p]));
-    }
-  }
-  if (weights) {
-    const Tensor& w = *weights;
-    check_dtype(w, op, "weights", at::kFloat);
-    check_rank(w, op, "weights", 1);
-    check_same_device(w, "weights", indices, "indices", op);
-    TORCH_CHECK_VALUE(w.numel() == nnz, op, ": weights must have one entry per index (", nnz, "), got ", w.numel());
-    if (graph_weights && nnz > 0) {
-      const Tensor bad = at::isfinite(w).logical_not_().logical_or_(w < 0);
-      if (bad.any().item<bool>()) {
-        const int64_t p = first_true(bad);
-        TORCH_CHECK_VALUE(false, op, ": weights must be finite and non-negative, got weights[", p,
-                          "] = ", w[p].item<float>());
-      }
-    }
-  }
+  TORCH_CHECK_INDEX(p_index < 0, op, ": indices must be in [0, ", cols, "), got indices[", p_index, "] = ",
+                    p_index < 0 ? 0 : item_i64(indices[p_index]));
+  TORCH_CHECK_VALUE(p_weight < 0, op, ": weights must be finite and non-negative, got weights[", p_weight, "] = ",
+                    p_weight < 0 ? 0.f : (*weights)[p_weight].item<float>());
 }
 
 void check_dense_x(const Tensor& x, const Tensor& indices, const char* op) {
