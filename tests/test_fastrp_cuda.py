@@ -88,3 +88,14 @@ def test_bad_inputs_on_cuda():
         embkern.fastrp((ip, ix, w), 4, [1.0])
     with pytest.raises(ValueError, match=r"same device"):
         embkern.csr_spmm(ip, torch.tensor([0, 1]), None, torch.randn(2, 3))
+
+
+def test_csr_spmm_misaligned_rows():
+    """A contiguous view starting one element in: the kernel must fall back from vector loads."""
+    ip, ix, w = graph(3, 200, 800)
+    for dtype in (torch.float32, torch.bfloat16):
+        base = torch.randn(200 * 64 + 1).to(dtype)
+        x = base[1:].view(200, 64)
+        cpu = embkern.csr_spmm(ip, ix, w, x)
+        gpu = embkern.csr_spmm(*cuda(ip, ix, w), base.cuda()[1:].view(200, 64))
+        assert torch.equal(gpu.cpu(), cpu)

@@ -210,7 +210,10 @@ unsigned warp_blocks(int64_t rows) { return unsigned((rows + kWarpsPerBlock - 1)
 void spmm(const SpmmArgs& a, int64_t rows, cudaStream_t stream) {
   if (rows == 0) return;
   const unsigned blocks = warp_blocks(rows), threads = 32 * kWarpsPerBlock;
-  const bool vec4 = a.d % 4 == 0;
+  // 4 columns per lane need d % 4 == 0 and aligned rows: 16 bytes for fp32 x, 8 for bf16 x and a
+  // bf16 y (a contiguous view may start at any element).
+  const auto aligned = [](const void* p, uintptr_t n) { return p == nullptr || reinterpret_cast<uintptr_t>(p) % n == 0; };
+  const bool vec4 = a.d % 4 == 0 && aligned(a.x, a.x_bf16 ? 8 : 16) && (!a.y_bf16 || aligned(a.y, 8));
   if (a.x_bf16) {
     if (vec4) spmm_kernel<true, 4><<<blocks, threads, 0, stream>>>(a, rows);
     else spmm_kernel<true, 1><<<blocks, threads, 0, stream>>>(a, rows);
