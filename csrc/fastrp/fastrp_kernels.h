@@ -1,0 +1,62 @@
+// fastrp family kernels over raw pointers. Framework-free.
+//
+// spmm_rows: rows [row_begin, row_end) of  v = row_scale[r] * sum_{j in row r} weights[j] * x[indices[j], :]
+// (CSR x dense, fp32 accumulation, the row's entries summed in CSR order, every column in the same
+// order on every ISA, so all paths give identical bits), followed by a fused epilogue:
+//   y[r]   = y_normalize   ? v / ||v|| : v          (stored as fp32 or bf16, round to nearest even)
+//   acc[r] = acc[r] + acc_weight * (acc_normalize ? v / ||v|| : v)     (fp32; acc_overwrite drops acc[r] +)
+// A zero row normalizes to zero. The result of a row never depends on how rows are split among
+// threads.
+//
+// init_rows: the initial FastRP matrix  v = L[r] * [R(key_r, 0 .. rand_dim) | features[r] @ P]
+// with the same y / acc epilogue, except that acc is overwritten (acc = acc_weight * ...).
+#pragma once
+#include <cstdint>
+
+namespace embkern::fastrp {
+
+struct SpmmArgs {
+  const int64_t* indptr;   // [rows + 1]
+  const int64_t* indices;  // [nnz], each in [0, rows of x)
+  const float* weights;    // [nnz] or nullptr (all ones)
+  int64_t nnz;             // indptr[rows]; bounds the prefetch look-ahead
+  const void* x;           // [*, d] fp32 or bf16 (uint16 bits)
+  bool x_bf16;
+  int64_t d;
+  const float* row_scale;  // [rows] or nullptr
+  void* y;                 // [rows, d] or nullptr
+  bool y_bf16;
+  bool y_normalize;
+  float* acc;              // [rows, d] or nullptr
+  float acc_weight;
+  bool acc_normalize;
+  bool acc_overwrite;      // acc = acc_weight * ... (no read of acc)
+};
+
+struct InitArgs {
+  int64_t dim;
+  int64_t rand_dim;          // columns [0, rand_dim) from R, [rand_dim, dim) from features @ P
+  uint64_t seed_state;       // rp_seed_state(seed, false)
+  const int64_t* keys;       // [rows] or nullptr (key = row index)
+  uint64_t threshold;
+  float sqrt_s;
+  const float* row_scale;    // L = deg^beta, [rows] or nullptr
+  const float* features;     // [rows, num_features] or nullptr
+  int64_t num_features;
+  const float* feature_proj; // [num_features, dim - rand_dim]
+  void* y;
+  bool y_bf16;
+  float* acc;                // overwritten; nullptr to skip
+  float acc_weight;
+  bool acc_normalize;
+};
+
+void spmm_rows_scalar(const SpmmArgs& a, int64_t row_begin, int64_t row_end);
+void spmm_rows_avx2(const SpmmArgs& a, int64_t row_begin, int64_t row_end);
+void spmm_rows_avx512(const SpmmArgs& a, int64_t row_begin, int64_t row_end);
+
+void init_rows_scalar(const InitArgs& a, int64_t row_begin, int64_t row_end);
+void init_rows_avx2(const InitArgs& a, int64_t row_begin, int64_t row_end);
+void init_rows_avx512(const InitArgs& a, int64_t row_begin, int64_t row_end);
+
+}  // namespace embkern::fastrp

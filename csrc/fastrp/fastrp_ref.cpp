@@ -1,0 +1,32 @@
+// Scalar fastrp kernels: the portable path and the oracle the vector paths must match bit for bit.
+#include <cmath>
+#include <vector>
+
+#include "fastrp/fastrp_rows.h"
+
+namespace embkern::fastrp {
+
+void spmm_rows_scalar(const SpmmArgs& a, int64_t row_begin, int64_t row_end) {
+  const int64_t d = a.d;
+  std::vector<float> v(static_cast<size_t>(d));
+  for (int64_t r = row_begin; r < row_end; ++r) {
+    std::fill(v.begin(), v.end(), 0.f);
+    for (int64_t j = a.indptr[r]; j < a.indptr[r + 1]; ++j) {
+      const float w = a.weights ? a.weights[j] : 1.f;
+      const int64_t src = a.indices[j] * d;
+      if (a.x_bf16) {
+        const uint16_t* xr = static_cast<const uint16_t*>(a.x) + src;
+        for (int64_t c = 0; c < d; ++c) v[c] = std::fma(w, bf16_to_f32(xr[c]), v[c]);
+      } else {
+        const float* xr = static_cast<const float*>(a.x) + src;
+        for (int64_t c = 0; c < d; ++c) v[c] = std::fma(w, xr[c], v[c]);
+      }
+    }
+    apply_row_scale(v.data(), d, a.row_scale, r);
+    row_epilogue(v.data(), d, r, a.y, a.y_bf16, a.y_normalize, a.acc, a.acc_weight, a.acc_normalize, a.acc_overwrite);
+  }
+}
+
+void init_rows_scalar(const InitArgs& a, int64_t row_begin, int64_t row_end) { init_rows_impl(a, row_begin, row_end, fill_random_scalar); }
+
+}  // namespace embkern::fastrp

@@ -1,0 +1,127 @@
+// Row helpers shared by every ISA's fastrp kernels (compiled per ISA; see common/isa_namespace.h).
+// The arithmetic uses explicit fma so that the scalar twin (no -mfma: a libm call) and the
+// vector paths (one instruction) round identically: every ISA gives the same bits.
+#pragma once
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+#include "common/isa_namespace.h"
+#include "fastrp/fastrp_hash.h"
+#include "fastrp/fastrp_kernels.h"
+
+namespace embkern::fastrp {
+inline namespace EMBKERN_ISA_NS {
+
+inline float bf16_to_f32(uint16_t b) {
+  const uint32_t u = uint32_t(b) << 16;
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+
+// Round to nearest even. Inputs here are finite (FastRP validates its inputs), so NaN needs no care.
+inline uint16_t f32_to_bf16(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  u += 0x7FFFu + ((u >> 16) & 1u);
+  return uint16_t(u >> 16);
+}
+
+// Sum of squares in a fixed order: 16 lane partials (column c goes to lane c % 16), then a
+// pairwise tree. The inner loop vectorizes without reassociation, so this is fast and ISA-neutral.
+inline float row_sumsq(const float* v, int64_t d) {
+  float part[16] = {0.f};
+  int64_t c = 0;
+  for (; c + 16 <= d; c += 16)
+    for (int l = 0; l < 16; ++l) part[l] = std::fma(v[c + l], v[c + l], part[l]);
+  for (int l = 0; c + l < d; ++l) part[l] = std::fma(v[c + l], v[c + l], part[l]);
+  for (int w = 8; w >= 1; w /= 2)
+    for (int l = 0; l < w; ++l) part[l] += part[l + w];
+  return part[0];
+}
+
+inline float inv_norm(const float* v, int64_t d) {
+  const float ss = row_sumsq(v, d);
+  return ss > 0.f ? 1.0f / std::sqrt(ss) : 0.f;  // +inf sum of squares also lands here as 0
+}
+
+// The fused epilogue of one row: v (d floats, already row-scaled) -> y, acc. `overwrite_acc`
+// writes acc instead of adding to it (initialization).
+inline void row_epilogue(const float* v, int64_t d, int64_t row, void* y, bool y_bf16, bool y_normalize, float* acc,
+                         float acc_weight, bool acc_normalize, bool overwrite_acc) {
+  const bool need_norm = (y && y_normalize) || (acc && acc_normalize);
+  const float inv = need_norm ? inv_norm(v, d) : 1.f;
+  if (y) {
+    const float sy = y_normalize ? inv : 1.f;
+    if (y_bf16) {
+      uint16_t* yr = static_cast<uint16_t*>(y) + row * d;
+      if (y_normalize)
+        for (int64_t c = 0; c < d; ++c) yr[c] = f32_to_bf16(v[c] * sy);
+      else
+        for (int64_t c = 0; c < d; ++c) yr[c] = f32_to_bf16(v[c]);
+    } else {
+      float* yr = static_cast<float*>(y) + row * d;
+      if (y_normalize)
+        for (int64_t c = 0; c < d; ++c) yr[c] = v[c] * sy;
+      else
+        std::memcpy(yr, v, size_t(d) * 4);
+    }
+  }
+  if (acc) {
+    float* ar = acc + row * d;
+    if (overwrite_acc) {
+      if (acc_weight == 0.f) {
+        std::memset(ar, 0, size_t(d) * 4);
+      } else if (acc_normalize) {
+        for (int64_t c = 0; c < d; ++c) ar[c] = acc_weight * (v[c] * inv);
+      } else {
+        for (int64_t c = 0; c < d; ++c) ar[c] = acc_weight * v[c];
+      }
+    } else if (acc_normalize) {
+      for (int64_t c = 0; c < d; ++c) ar[c] = std::fma(acc_weight, v[c] * inv, ar[c]);
+    } else {
+      for (int64_t c = 0; c < d; ++c) ar[c] = std::fma(acc_weight, v[c], ar[c]);
+    }
+  }
+}
+
+inline void apply_row_scale(float* v, int64_t d, const float* row_scale, int64_t row) {
+  if (!row_scale) return;
+  const float s = row_scale[row];
+  for (int64_t c = 0; c < d; ++c) v[c] *= s;
+}
+
+// v[0 .. n) = R[row_state, 0 .. n): the portable version of the hash loop.
+inline void fill_random_scalar(uint64_t row_state, float* v, int64_t n, uint64_t threshold, float sqrt_s) {
+  for (int64_t c = 0; c < n; ++c) v[c] = rp_entry(row_state, c, threshold, sqrt_s);
+}
+
+// The initial matrix; `fill_random` is the ISA's version of fill_random_scalar (bit-identical).
+template <class FillRandom>
+inline void init_rows_impl(const InitArgs& a, int64_t row_begin, int64_t row_end, FillRandom&& fill_random) {
+  std::vector<float> v(static_cast<size_t>(a.dim));
+  const int64_t fdim = a.dim - a.rand_dim;
+  for (int64_t r = row_begin; r < row_end; ++r) {
+    const int64_t key = a.keys ? a.keys[r] : r;
+    const uint64_t rs = rp_row_state(a.seed_state, key);
+    fill_random(rs, v.data(), a.rand_dim, a.threshold, a.sqrt_s);
+    if (fdim > 0) {
+      float* fv = v.data() + a.rand_dim;
+      std::memset(fv, 0, size_t(fdim) * 4);
+      const float* fr = a.features + r * a.num_features;
+      for (int64_t p = 0; p < a.num_features; ++p) {
+        const float f = fr[p];
+        if (f == 0.f) continue;  // skipping exact zeros changes nothing (fma(0, x, y) == y for finite x)
+        const float* pr = a.feature_proj + p * fdim;
+        for (int64_t c = 0; c < fdim; ++c) fv[c] = std::fma(f, pr[c], fv[c]);
+      }
+    }
+    apply_row_scale(v.data(), a.dim, a.row_scale, r);
+    row_epilogue(v.data(), a.dim, r, a.y, a.y_bf16, false, a.acc, a.acc_weight, a.acc_normalize, true);
+  }
+}
+
+}  // namespace EMBKERN_ISA_NS
+}  // namespace embkern::fastrp
