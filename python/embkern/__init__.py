@@ -12,6 +12,9 @@ import torch  # noqa: F401  (loads libtorch before the extension)
 from ._loader import _C
 from . import _ops  # noqa: F401  (fake kernels)
 from . import bits, cur, embedding, fastrp, int8, rbe
+
+# Held before the star imports: `fastrp` the function replaces `fastrp` the module name below.
+_FAMILIES = (bits, embedding, int8, rbe, fastrp, cur)
 from .bits import *  # noqa: F401,F403
 from .cur import *  # noqa: F401,F403
 from .embedding import *  # noqa: F401,F403
@@ -22,7 +25,7 @@ from .rbe import *  # noqa: F401,F403
 __version__: str = _C.build_info()["version"]
 
 __all__ = ["__version__", "build_info", "set_isa", "get_isa"]
-for _family in (bits, embedding, int8, rbe, fastrp, cur):
+for _family in _FAMILIES:
     __all__ += _family.__all__
 
 

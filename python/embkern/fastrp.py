@@ -243,7 +243,3 @@ def csr_spmm(
     return to_output(torch.ops.embkern.csr_spmm(ip, ix, w, x, rs, bool(normalize)), numpy_out)
 
 
-# embkern/__init__.py star-imports this module and then reads `fastrp.__all__` by the name `fastrp`,
-# which by then is this function (DESIGN fixes both names). Until __init__ keeps the module objects
-# (see the fastrp report), the function carries the module's export list too.
-fastrp.__all__ = __all__  # type: ignore[attr-defined]
