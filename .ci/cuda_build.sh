@@ -61,32 +61,31 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 "$PY" -c "import torch; assert torch.version.cuda, 'torch in .venv-cuda is not a CUDA build'; print('[cuda_build] torch', torch.__version__, 'CUDA', torch.version.cuda)"
 
-# ---- configure and build -------------------------------------------------------------------------
+# ---- the CUDA wheel: built, not run (no GPU here) -------------------------------------------------
+# Built exactly as a user would (pip wheel --no-build-isolation against this venv's torch), in a build
+# folder of its own so reruns are incremental and never mix with the CPU build.
 export CUDACXX="$NVCC"
 export TORCH_CUDA_ARCH_LIST="$ARCHS"
-mkdir -p "$BUILD"
-say "configuring $BUILD"
-if ! "$VENV/bin/cmake" -S "$ROOT" -B "$BUILD" -G Ninja \
-    -DCMAKE_MAKE_PROGRAM="$VENV/bin/ninja" \
-    -DCMAKE_BUILD_TYPE=Release \
-    -DPython3_EXECUTABLE="$PY" \
-    -DEMBKERN_CUDA=ON \
-    -DCMAKE_CUDA_COMPILER="$NVCC" \
-    -DCUDAToolkit_ROOT="$CUDA_HOME" >"$BUILD/configure.log" 2>&1; then
-  cat "$BUILD/configure.log"
-  die "cmake configure"
-fi
-grep -E "embkern" "$BUILD/configure.log" || true
-say "building with $JOBS jobs"
-"$VENV/bin/cmake" --build "$BUILD" -j "$JOBS" || die "cmake build"
+export EMBKERN_CUDA=ON
+export SKBUILD_BUILD_DIR="$BUILD/skbuild"
+export SKBUILD_CMAKE_ARGS="-DCMAKE_CUDA_COMPILER=$NVCC;-DCUDAToolkit_ROOT=$CUDA_HOME"
+export CMAKE_BUILD_PARALLEL_LEVEL="$JOBS"
+PATH="$VENV/bin:$PATH"
+rm -rf "$BUILD/wheel"
+say "building the CUDA wheel with $JOBS jobs"
+"$PY" -m pip wheel -q --no-build-isolation --no-deps -w "$BUILD/wheel" "$ROOT" || die "pip wheel (CUDA)"
+whl=("$BUILD"/wheel/embkern-*.whl)
+[ -f "${whl[0]}" ] || die "no wheel in $BUILD/wheel"
+req=$(unzip -p "${whl[0]}" '*/METADATA' | sed -n 's/^Requires-Dist: \(torch==[^ ;]*\).*/\1/p')
+[ "$req" = "torch==$TORCH_VERSION" ] || die "the CUDA wheel requires '$req', expected torch==$TORCH_VERSION"
+say "wheel $(basename "${whl[0]}") ($(du -k "${whl[0]}" | cut -f1) KiB) requires $req"
 
-# ---- assemble an importable package --------------------------------------------------------------
-so=("$BUILD"/_C*.so)
-[ -f "${so[0]}" ] || die "no _C*.so in $BUILD"
+# ---- unpack it as an importable package ----------------------------------------------------------
 rm -rf "$PKG"
-mkdir -p "$PKG/embkern"
-cp python/embkern/*.py "$PKG/embkern/"
-cp "${so[0]}" "$BUILD/_build_config.py" "$PKG/embkern/"
+mkdir -p "$PKG"
+unzip -q "${whl[0]}" 'embkern/*' -d "$PKG"
+so=("$PKG"/embkern/_C*.so)
+[ -f "${so[0]}" ] || die "no _C*.so in the wheel"
 
 say "import check"
 PYTHONPATH="$PKG" "$PY" - <<'EOF' || die "import check"
