@@ -15,9 +15,9 @@ EMBKERN_CUDA ?= AUTO
 FULL ?= 0
 JOBS ?= $(shell nproc)
 STAMP := $(ENV_DIR)/.embkern-deps
-# Optional dependency groups of pyproject.toml (one list of packages, read here).
-extra = $(shell $(PY) -c "import tomllib; d = tomllib.load(open('pyproject.toml', 'rb')); print(' '.join(repr(x) for x in d['project']['optional-dependencies']['$(1)']))")
-build_requires = $(shell $(PY) -c "import tomllib; d = tomllib.load(open('pyproject.toml', 'rb')); print(' '.join(repr(x) for x in d['build-system']['requires']))")
+# Requirement lists come from pyproject.toml (tools/deps.py), read when the recipe runs: the
+# virtualenv may not exist before that.
+deps = $$($(PY) tools/deps.py $(1))
 
 .PHONY: help setup build test bench bench-deps wheel wheel-test cuda-check clean
 
@@ -33,7 +33,7 @@ $(STAMP): pyproject.toml
 	@if $(PY) -c "import torch" 2>/dev/null; then \
 	  echo "using installed torch $$($(PY) -c 'import torch; print(torch.__version__)')"; \
 	else $(PY) -m pip install "$(TORCH_DEFAULT)"; fi
-	$(PY) -m pip install -q $(build_requires) ninja "cmake>=3.25" "numpy>=1.24" $(call extra,test)
+	$(PY) -m pip install -q $(call deps,build test) ninja "cmake>=3.25" "numpy>=1.24"
 	@touch "$@"
 
 setup: $(STAMP)
@@ -52,7 +52,7 @@ test: build
 	PYTHONPATH=$(CURDIR)/python $(PY) -m pytest tests -q $(PYTEST_ARGS)
 
 bench-deps: $(STAMP)
-	$(PY) -m pip install -q $(call extra,bench)
+	$(PY) -m pip install -q $(call deps,bench)
 	@$(PY) -c "import fbgemm_gpu" 2>/dev/null || $(PY) -m pip install -q --no-deps fbgemm-gpu-cpu==1.8.0 || \
 	  echo "fbgemm-gpu-cpu unavailable: its baselines will be skipped"
 
