@@ -4,36 +4,15 @@
 #include <cstring>
 
 #include "bits/bits_scan_impl.h"
+#include "common/popcount_acc.h"
 
 namespace embkern::bits {
 
 namespace {
-struct NibbleAcc {
-  const __m256i lut = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4,  //
-                                       0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4);
-  const __m256i low4 = _mm256_set1_epi8(0x0f);
-  __m256i sum8 = _mm256_setzero_si256(), sum64 = _mm256_setzero_si256();
-  int pending = 0;
-  void add(__m256i x) {
-    const __m256i lo = _mm256_and_si256(x, low4), hi = _mm256_and_si256(_mm256_srli_epi16(x, 4), low4);
-    sum8 = _mm256_add_epi8(sum8, _mm256_add_epi8(_mm256_shuffle_epi8(lut, lo), _mm256_shuffle_epi8(lut, hi)));
-    if (++pending == 31) flush();  // byte counts stay below 256
-  }
-  void flush() {
-    sum64 = _mm256_add_epi64(sum64, _mm256_sad_epu8(sum8, _mm256_setzero_si256()));
-    sum8 = _mm256_setzero_si256();
-    pending = 0;
-  }
-  __m256i finish() {
-    flush();
-    return sum64;
-  }
-};
-
 struct Avx2Lanes {
   static constexpr int kLanes = 4;
   using Vec = __m256i;
-  using Acc = NibbleAcc;
+  using Acc = NibblePopcountAcc256;
   static Vec load(const uint64_t* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); }
   static Vec set1(uint64_t v) { return _mm256_set1_epi64x(int64_t(v)); }
   static Vec xor_(Vec a, Vec b) { return _mm256_xor_si256(a, b); }

@@ -1,15 +1,11 @@
 // AVX-512 bits kernels with AVX512_VPOPCNTDQ (Ice Lake, Zen 4): one VPOPCNTQ per word of 8 rows.
 #include "bits/bits_avx512_lanes.h"
+#include "common/popcount_acc.h"
 
 namespace embkern::bits {
 
 namespace {
-struct PopcntAcc {
-  __m512i sum = _mm512_setzero_si512();
-  void add(__m512i x) { sum = _mm512_add_epi64(sum, _mm512_popcnt_epi64(x)); }
-  __m512i finish() { return sum; }
-};
-using Lanes = Avx512Lanes<PopcntAcc>;
+using Lanes = Avx512Lanes<PopcntAcc512>;
 }  // namespace
 
 void hamming_topk_scan_avx512vpopcnt(EMBKERN_BITS_SCAN_ARGS) {

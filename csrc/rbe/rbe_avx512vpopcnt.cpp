@@ -1,16 +1,12 @@
 // AVX-512 SDC kernels with AVX512_VPOPCNTDQ (Ice Lake, Sapphire Rapids, Zen 4): bit-plane AND +
 // one VPOPCNTQ per plane pair and word of 8 rows.
 #include "rbe/rbe_avx512_lanes.h"
+#include "common/popcount_acc.h"
 
 namespace embkern::rbe {
 
 namespace {
-struct PopcntAcc {
-  __m512i sum = _mm512_setzero_si512();
-  void add(__m512i x) { sum = _mm512_add_epi64(sum, _mm512_popcnt_epi64(x)); }
-  __m512i finish() { return sum; }
-};
-using Lanes = Avx512Lanes<PopcntAcc>;
+using Lanes = Avx512Lanes<PopcntAcc512>;
 }  // namespace
 
 void sdc_topk_scan_avx512vpopcnt(EMBKERN_RBE_SCAN_ARGS) {
