@@ -1,6 +1,6 @@
-"""Prints requirement lists from pyproject.toml, one shell word each, for the Makefile:
-`deps.py build` (build-system requires) and `deps.py <extra>` (an optional-dependency group)."""
-import shlex
+"""Prints requirement lists from pyproject.toml, space-separated, for the Makefile:
+`deps.py build` (build-system requires) and `deps.py <extra>` (an optional-dependency group).
+The output is word-split unquoted by the shell ($(...)), so requirements must contain no spaces."""
 import sys
 import tomllib
 
@@ -9,4 +9,7 @@ with open("pyproject.toml", "rb") as f:
 reqs = []
 for group in sys.argv[1:]:
     reqs += meta["build-system"]["requires"] if group == "build" else meta["project"]["optional-dependencies"][group]
-print(" ".join(shlex.quote(r) for r in reqs))
+bad = [r for r in reqs if " " in r]
+if bad:
+    sys.exit(f"deps.py: requirements with spaces cannot pass through the shell unquoted: {bad}")
+print(" ".join(reqs))
