@@ -22,6 +22,7 @@ python3 -m venv "$work/venv"
 "$work/venv/bin/python" -m pip install -q "$torch_req"
 "$work/venv/bin/python" -m pip install -q "$whl" pytest scipy
 cp -r tests "$work/tests"
+cp -r docs "$work/docs"  # a test runs the README example of docs/embedding.md
 cd "$work"
 "$work/venv/bin/python" - <<'PY'
 import embkern, sys
