@@ -7,27 +7,13 @@
 #include <cstring>
 #include <vector>
 
+#include "common/float_convert.h"
 #include "common/isa_namespace.h"
 #include "fastrp/fastrp_hash.h"
 #include "fastrp/fastrp_kernels.h"
 
 namespace embkern::fastrp {
 inline namespace EMBKERN_ISA_NS {
-
-inline float bf16_to_f32(uint16_t b) {
-  const uint32_t u = uint32_t(b) << 16;
-  float f;
-  std::memcpy(&f, &u, 4);
-  return f;
-}
-
-// Round to nearest even. Inputs here are finite (FastRP validates its inputs), so NaN needs no care.
-inline uint16_t f32_to_bf16(float f) {
-  uint32_t u;
-  std::memcpy(&u, &f, 4);
-  u += 0x7FFFu + ((u >> 16) & 1u);
-  return uint16_t(u >> 16);
-}
 
 // Sum of squares in a fixed order: 16 lane partials (column c goes to lane c % 16), then a
 // pairwise tree. The inner loop vectorizes without reassociation, so this is fast and ISA-neutral.
