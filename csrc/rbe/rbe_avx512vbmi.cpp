@@ -14,6 +14,7 @@
 #include <cmath>
 #include <cstring>
 #include <memory>
+#include <new>
 
 #include "common/isa_namespace.h"
 #include "common/topk.h"
@@ -43,6 +44,16 @@ constexpr int lane_row(int l) { return (l & 15) * 2 + ((l >> 4) & 1) * 32 + (l >
 
 // In-place transpose of a 64 x 64 byte tile: stage b swaps bit b of the row and column indices,
 // pairing rows r and r | 2^b with two VPERMT2B.
+// 64-byte aligned byte buffers: every table and index load is then one cache line (new[] gives
+// 16-byte alignment, and line-split loads measured ~13% slower in the lookup loop).
+struct FreeAligned {
+  void operator()(uint8_t* p) const { ::operator delete[](p, std::align_val_t(64)); }
+};
+using AlignedBytes = std::unique_ptr<uint8_t[], FreeAligned>;
+inline AlignedBytes aligned_bytes(int64_t n) {
+  return AlignedBytes(static_cast<uint8_t*>(::operator new[](size_t(n), std::align_val_t(64))));
+}
+
 struct TransposeIdx {
   alignas(64) uint8_t lo[6][64], hi[6][64];
   constexpr TransposeIdx() : lo{}, hi{} {
@@ -71,12 +82,12 @@ inline void transpose64x64(uint8_t (*t)[64]) {
 
 struct Block {
   int64_t positions;
-  std::unique_ptr<uint8_t[]> idx;  // [position][kBlock]
+  AlignedBytes idx;  // [position][kBlock]
   alignas(64) int32_t e[kBlock];   // 2c sum Ld, in lane order (see RowOrder)
   alignas(64) float inv[kBlock];   // inverse norms in lane order (1 when none / past the rows)
   // e mod 2^16 in 16-bit word order: e16[g * 64 + h * 32 + i] = e of row g * 64 + 2i + h (h = 0 even, 1 odd)
   alignas(64) int16_t e16[kBlock];
-  explicit Block(int64_t p) : positions(p), idx(new uint8_t[size_t(p * kBlock)]) {}
+  explicit Block(int64_t p) : positions(p), idx(aligned_bytes(p * kBlock)) {}
   void fill(const uint8_t* db, int64_t begin, int64_t rows, const SdcShape& s) {
     int32_t sums[kBlock];
     for (int64_t j = 0; j < kBlock; ++j) {
@@ -142,10 +153,10 @@ inline void prefetch_part(const uint8_t* db, int64_t begin, int64_t end, int64_t
 // Per-query tables [position][64] and the query part of S (kq = 2c sum Lq - dim c^2).
 struct Tables {
   int64_t positions;
-  std::unique_ptr<uint8_t[]> t;
+  AlignedBytes t;
   std::unique_ptr<int32_t[]> kq;
   Tables(const uint8_t* queries, int64_t nq, const SdcShape& s)
-      : positions((s.dim + 2) / 3), t(new uint8_t[size_t(std::max<int64_t>(1, nq) * positions * 64)]),
+      : positions((s.dim + 2) / 3), t(aligned_bytes(std::max<int64_t>(1, nq) * positions * 64)),
         kq(new int32_t[size_t(std::max<int64_t>(1, nq))]) {
     __m512i mult[3][4];  // mult[t][l] byte i = l * (level t of index i)
     for (int t3 = 0; t3 < 3; ++t3)
