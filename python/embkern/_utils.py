@@ -35,3 +35,10 @@ def as_2d(t: torch.Tensor, name: str) -> tuple[torch.Tensor, bool]:
     if t.dim() == 1:
         return t.unsqueeze(0), True
     return t, False
+
+
+def topk_output(vals: torch.Tensor, ids: torch.Tensor, one_row: bool, numpy_out: bool) -> tuple[ArrayLike, ArrayLike]:
+    """A search's (values, indices) in the caller's form: one query row back to 1-D, numpy back to numpy."""
+    if one_row:
+        vals, ids = vals[0], ids[0]
+    return to_output(vals, numpy_out), to_output(ids, numpy_out)

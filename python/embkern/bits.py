@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from ._utils import ArrayLike, as_2d, as_tensor, device_of, to_output
+from ._utils import ArrayLike, as_2d, as_tensor, device_of, to_output, topk_output
 
 __all__ = ["pack_bits", "unpack_bits", "hamming_distance", "hamming_topk"]
 
@@ -66,6 +66,4 @@ def hamming_topk(queries: ArrayLike, database: ArrayLike, k: int) -> tuple[Array
     q, one = as_2d(as_tensor(queries, "queries"), "queries")
     db = as_tensor(database, "database", device_of(queries))
     d, i = torch.ops.embkern.hamming_topk(q, db, int(k))
-    if one:
-        d, i = d[0], i[0]
-    return to_output(d, numpy_out), to_output(i, numpy_out)
+    return topk_output(d, i, one, numpy_out)

@@ -17,7 +17,7 @@ from typing import Any, Callable, NamedTuple, Optional
 
 import torch
 
-from ._utils import ArrayLike, as_2d, as_tensor, device_of, to_output
+from ._utils import ArrayLike, as_2d, as_tensor, device_of, to_output, topk_output
 
 __all__ = ["score_topk", "CURIndex", "CURSearchResult", "anncur_search", "adacur_search"]
 
@@ -54,9 +54,7 @@ def score_topk(C: ArrayLike, E: ArrayLike, k: int, exclude: Optional[ArrayLike] 
         ex = ex.unsqueeze(0)
     sc = None if scales is None else as_tensor(scales, "scales", device_of(C))
     v, i = torch.ops.embkern.score_topk(c, e, int(k), ex, sc)
-    if one:
-        v, i = v[0], i[0]
-    return to_output(v, numpy_out), to_output(i, numpy_out)
+    return topk_output(v, i, one, numpy_out)
 
 
 def _check_nonneg(value: Optional[float], name: str, op: str) -> None:
@@ -223,9 +221,7 @@ class CURIndex:
         if ex is not None and one and ex.dim() == 1:
             ex = ex.unsqueeze(0)
         v, i = torch.ops.embkern.score_topk(t, self.E, int(k), ex, self.scales)
-        if one:
-            v, i = v[0], i[0]
-        return to_output(v, numpy_out), to_output(i, numpy_out)
+        return topk_output(v, i, one, numpy_out)
 
 
 class CURSearchResult(NamedTuple):

@@ -16,7 +16,7 @@ from typing import NamedTuple, Optional
 import numpy as np
 import torch
 
-from ._utils import ArrayLike, as_2d, as_tensor, device_of, to_output
+from ._utils import ArrayLike, as_2d, as_tensor, device_of, to_output, topk_output
 
 __all__ = [
     "Int8Params",
@@ -192,9 +192,7 @@ def int8_topk(
     db = as_tensor(database, "database", device_of(queries))
     norms = None if database_norms is None else as_tensor(database_norms, "database_norms", db.device)
     v, i = torch.ops.embkern.int8_topk(q, db, int(k), str(metric), norms)
-    if one:
-        v, i = v[0], i[0]
-    return to_output(v, numpy_out), to_output(i, numpy_out)
+    return topk_output(v, i, one, numpy_out)
 
 
 # ---- rescoring -------------------------------------------------------------------------------------------
@@ -292,9 +290,7 @@ def rescore(
         out_v[s:e] = torch.gather(sc, 1, order)
         top = torch.gather(ids[s:e], 1, order)
         out_i[s:e] = torch.where(torch.gather(valid[s:e], 1, order), top, torch.full_like(top, -1))
-    if one:
-        out_v, out_i = out_v[0], out_i[0]
-    return to_output(out_v, numpy_out), to_output(out_i, numpy_out)
+    return topk_output(out_v, out_i, one, numpy_out)
 
 
 _rescore = rescore  # SearchIndex.search's argument of the same name shadows it
@@ -445,6 +441,4 @@ class SearchIndex:
         else:
             p = self.params if self._store_dtype == torch.int8 else None
             v, i = _rescore(q.to(torch.float32), ids, self._rows_cat, k, self.metric, p)
-        if one:
-            v, i = v[0], i[0]
-        return to_output(v, numpy_out), to_output(i, numpy_out)
+        return topk_output(v, i, one, numpy_out)

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._utils import ArrayLike, as_2d, as_tensor, device_of, to_output
+from ._utils import ArrayLike, as_2d, as_tensor, device_of, to_output, topk_output
 
 __all__ = [
     "RBECodes",
@@ -168,9 +168,7 @@ def sdc_topk(q_codes: ArrayLike, db_codes: ArrayLike, dim: int, bits: int, k: in
     db = as_tensor(db_codes, "db_codes", device_of(q_codes))
     inv = None if db_inv_norm is None else as_tensor(db_inv_norm, "db_inv_norm", device_of(q_codes))
     v, i = torch.ops.embkern.sdc_topk(q, db, int(dim), int(bits), int(k), inv)
-    if one:
-        v, i = v[0], i[0]
-    return to_output(v, numpy_out), to_output(i, numpy_out)
+    return topk_output(v, i, one, numpy_out)
 
 
 # ---- the binarizer ---------------------------------------------------------------------------------
