@@ -36,6 +36,25 @@ def timeit(fn: Callable[[], Any], *, warmup: int = 1, repeat: int = 5, min_time:
     return {"median_s": statistics.median(times), "min_s": min(times), "repeats": len(times)}
 
 
+def cpu_mhz() -> float | None:
+    """The highest clock /proc/cpuinfo reports (nominal on VMs), for instruction-bound estimates."""
+    try:
+        return max(float(l.split(":")[1]) for l in open("/proc/cpuinfo") if l.startswith("cpu MHz"))
+    except (OSError, ValueError):
+        return None
+
+
+def matmul_topk(q: torch.Tensor, db: torch.Tensor, k: int, chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The plain torch baseline: fp32 (q @ db.T) + topk, queries in chunks so the score matrix never
+    exceeds chunk x N."""
+    vals, ids = [], []
+    for s in range(0, q.shape[0], chunk):
+        v, i = torch.topk(q[s : s + chunk] @ db.T, k, dim=1)
+        vals.append(v)
+        ids.append(i)
+    return torch.cat(vals), torch.cat(ids)
+
+
 def _cpu_model() -> str:
     try:
         for line in open("/proc/cpuinfo"):

@@ -7,7 +7,7 @@ import numpy as np
 import torch
 
 import embkern
-from _harness import timeit, write
+from _harness import cpu_mhz, timeit, write
 
 try:
     import faiss
@@ -19,9 +19,8 @@ def _vpopcnt_bound_pairs_per_s(code_bytes: int, threads: int) -> float | None:
     """Instruction bound of our AVX-512 VPOPCNTDQ loop: per group of 8 database codes and one query,
     W = code_bytes/8 words cost W XOR + W VPOPCNTQ + (W-1) ADD + 1 CMP = 3W zmm ops; a core retires 2
     zmm ALU ops per cycle (ports 0 and 5 on Intel, the paired 256-bit pipes on Zen 4)."""
-    try:
-        mhz = max(float(l.split(":")[1]) for l in open("/proc/cpuinfo") if l.startswith("cpu MHz"))
-    except (OSError, ValueError):
+    mhz = cpu_mhz()
+    if mhz is None:
         return None
     w = (code_bytes + 7) // 8
     return threads * mhz * 1e6 * 2 * 8 / (3 * w)

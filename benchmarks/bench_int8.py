@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 import embkern
-from _harness import timeit, write
+from _harness import cpu_mhz, matmul_topk, timeit, write
 
 try:
     import faiss
@@ -27,29 +27,12 @@ except ImportError:  # optional peer
     usearch_search = None
 
 
-def _mhz() -> float | None:
-    try:
-        return max(float(l.split(":")[1]) for l in open("/proc/cpuinfo") if l.startswith("cpu MHz"))
-    except (OSError, ValueError):
-        return None
-
-
 def _cpu_seconds(fn) -> float:
     """Process CPU time of one call: on a shared, oversubscribed machine it shows what the cores
     did when they ran, which wall time does not."""
     c = time.process_time()
     fn()
     return time.process_time() - c
-
-
-def _torch_topk(qf: torch.Tensor, dbf: torch.Tensor, k: int, chunk: int = 128):
-    """fp32 matmul + topk, queries in chunks so the Q x N score matrix never exceeds chunk x N."""
-    vals, ids = [], []
-    for s in range(0, qf.shape[0], chunk):
-        v, i = torch.topk(qf[s : s + chunk] @ dbf.T, k, dim=1)
-        vals.append(v)
-        ids.append(i)
-    return torch.cat(vals), torch.cat(ids)
 
 
 def _recall(found: np.ndarray, truth: np.ndarray) -> float:
@@ -93,7 +76,7 @@ def main(full: bool = False) -> str:
     embkern.set_isa(best)
 
     # torch fp32 on the float vectors the codes came from (what users run without int8).
-    t_run = lambda: _torch_topk(qx, x, k)  # noqa: E731
+    t_run = lambda: matmul_topk(qx, x, k, chunk=128)  # noqa: E731
     _, i_exact = t_run()
     i_exact = i_exact.numpy()
     row("torch fp32 matmul+topk", timeit(t_run, warmup=0, repeat=1 if full else 3), _cpu_seconds(t_run))
@@ -145,7 +128,7 @@ def main(full: bool = False) -> str:
 
     # How far from the VNNI bound: a core retires 2 VPDPBUSD zmm per cycle (ports 0 and 5 on
     # Sapphire Rapids / Ice Lake server), each 64 int8 multiply-adds.
-    mhz = _mhz()
+    mhz = cpu_mhz()
     if mhz and "vnni" in embkern.build_info()["cpu_features"]:
         bound_macs = threads * mhz * 1e6 * 2 * 64
         t_bound = pairs * dim / bound_macs

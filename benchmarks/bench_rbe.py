@@ -7,28 +7,16 @@ import numpy as np
 import torch
 
 import embkern
-from _harness import timeit, write
+from _harness import cpu_mhz, matmul_topk, timeit, write
 
 DIM, BITS, K = 256, 2, 10
-
-
-def _cpu_mhz() -> float | None:
-    try:
-        return max(float(l.split(":")[1]) for l in open("/proc/cpuinfo") if l.startswith("cpu MHz"))
-    except (OSError, ValueError):
-        return None
 
 
 def _torch_topk(qs: torch.Tensor, db: torch.Tensor, k: int, decode_db: bool, chunk: int = 64):
     """Decode (levels -> float32 values) + matmul + topk, in query chunks so the score matrix stays small."""
     dbf = embkern.sdc_decode(db, DIM, BITS) if decode_db else db
     qf = embkern.sdc_decode(qs, DIM, BITS)
-    vals, idx = [], []
-    for s in range(0, qf.shape[0], chunk):
-        v, i = torch.topk(qf[s : s + chunk] @ dbf.T, k, dim=1)
-        vals.append(v)
-        idx.append(i)
-    return torch.cat(vals), torch.cat(idx)
+    return matmul_topk(qf, dbf, k, chunk)
 
 
 def main(full: bool = False) -> str:
@@ -89,7 +77,7 @@ def main(full: bool = False) -> str:
 
     notes.append(f"SDC / Hamming time on the same bytes: {sdc_best / ham:.2f}x (target <= 1.5x); "
                  f"torch decode+matmul+topk / SDC: {torch_full / sdc_best:.1f}x (target >= 10x).")
-    mhz = _cpu_mhz()
+    mhz = cpu_mhz()
     if mhz and "vbmi" in info["cpu_features"]:
         # VPERMB path: ceil(dim/3) lookups per pair, 64 rows per VPERMB, one VPERMB per cycle (port 5)
         bound = threads * mhz * 1e6 * 64 / ((DIM + 2) // 3)
