@@ -31,7 +31,8 @@ def make_E(rng, r, n, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("b,r,n", [(1, 64, 1037), (3, 7, 100), (13, 33, 517), (2, 1, 31), (25, 16, 65), (1, 5, 1)])
+@pytest.mark.parametrize("b,r,n", [(1, 64, 1037), (3, 7, 100), (13, 33, 517), (2, 1, 31), (25, 16, 65), (1, 5, 1),
+                                   (14, 40, 600), (64, 19, 1500), (29, 300, 1100)])
 def test_score_topk_matches_reference(isa, dtype, b, r, n):
     rng = np.random.default_rng(b * 1000 + r * 10 + n)
     E, S, Ef, Sf = make_E(rng, r, n, dtype)

@@ -1,4 +1,4 @@
-// AVX-512 (F/BW/VL/DQ) fused score + top-k: 16-lane FMA, register tile of up to 12 queries x 32 columns.
+// AVX-512 (F/BW/VL/DQ) fused score + top-k: 16-lane FMA, register tile of up to 14 queries x 32 columns.
 #include <immintrin.h>
 
 #include "cur/cur_scan_impl.h"
@@ -8,7 +8,7 @@ namespace embkern::cur {
 namespace {
 struct V512 {
   static constexpr int kLanes = 16;
-  static constexpr int kMaxRows = 12;  // 24 accumulators + 2 strip vectors + 1 broadcast of 32 zmm
+  static constexpr int kMaxRows = 14;  // 28 accumulators + 2 strip vectors + 1 broadcast of 32 zmm
   using Vec = __m512;
   static Vec zero() { return _mm512_setzero_ps(); }
   static Vec load(const float* p) { return _mm512_loadu_ps(p); }
