@@ -39,5 +39,7 @@ struct Exclusions {
 void score_topk_scan_scalar(EMBKERN_CUR_SCAN_ARGS);
 void score_topk_scan_avx2(EMBKERN_CUR_SCAN_ARGS);
 void score_topk_scan_avx512(EMBKERN_CUR_SCAN_ARGS);
+// Many queries: VPDPBUSD pre-filter with an error bound + exact rescoring; same results (cur_avx512vnni.cpp).
+void score_topk_scan_avx512vnni(EMBKERN_CUR_SCAN_ARGS);
 
 }  // namespace embkern::cur

@@ -114,6 +114,7 @@ using ScanFn = void (*)(EMBKERN_CUR_SCAN_ARGS);
 ScanFn pick_scan() {
 #ifdef EMBKERN_X86_KERNELS
   const CpuFeatures f = cpu_features_active();
+  if (f.avx512 && f.vnni) return score_topk_scan_avx512vnni;
   if (f.avx512) return score_topk_scan_avx512;
   if (f.avx2) return score_topk_scan_avx2;
 #endif

@@ -62,29 +62,30 @@ void pack_panel(const void* E, int64_t ld, int64_t r, int64_t col0, int64_t ncol
 // call issues its share of the panel's cache lines, one every `step` FMA rows, so packing the next
 // panel reads L2 instead of waiting on DRAM (packing was a third of the time without it).
 struct PanelPrefetcher {
-  const char* base = nullptr;  // first byte of the next panel's row 0
-  int64_t row_bytes = 0;       // E's row stride in bytes
+  const char* cur = nullptr;   // next line to prefetch
+  int64_t row_skip = 0;        // bytes from a row segment's end to the next row's start
   int64_t lines_per_row = 0;
-  int64_t rows = 0;
-  int64_t row = 0, line = 0;   // cursor
+  int64_t line = 0, rows_left = 0;
   int64_t quota = 0;           // lines per tile call
 
   void start(const void* E, int64_t esize, int64_t ld, int64_t r, int64_t col, int64_t ncols, int64_t calls) {
-    base = static_cast<const char*>(E) + col * esize;
-    row_bytes = ld * esize;
+    cur = static_cast<const char*>(E) + col * esize;
     // +1: the segment may start mid-line
     lines_per_row = ncols > 0 ? (ncols * esize + 63) / 64 + 1 : 0;
-    rows = ncols > 0 ? r : 0;
-    row = line = 0;
-    quota = calls > 0 ? (rows * lines_per_row + calls - 1) / calls : 0;
+    row_skip = ld * esize - lines_per_row * 64;
+    rows_left = ncols > 0 ? r : 0;
+    line = 0;
+    quota = calls > 0 ? (rows_left * lines_per_row + calls - 1) / calls : 0;
   }
-  bool active() const { return row < rows; }
+  bool active() const { return rows_left > 0; }
   void next() {
-    if (row >= rows) return;
-    __builtin_prefetch(base + row * row_bytes + line * 64, 0, 2);
+    if (rows_left <= 0) return;
+    __builtin_prefetch(cur, 0, 2);
+    cur += 64;
     if (++line == lines_per_row) {
       line = 0;
-      ++row;
+      cur += row_skip;
+      --rows_left;
     }
   }
 };
@@ -271,7 +272,17 @@ void scan_direct(const TileCtx& t, const void* E, const float* scales, int64_t l
   }
 }
 
-template <class V, int ET>
+// The float path handles every panel unless a PanelHook (cur_avx512vnni.cpp) takes it over:
+// Hook(t, nq, r, rows_per_tile, nb, E, ld, scales) once per scan, then per panel, before the float
+// packing, run_panel(col0, ncols, pf) returns true when it has offered the panel's columns.
+struct NoPanelHook {
+  NoPanelHook(const TileCtx&, int64_t, int64_t, int64_t, int64_t, const void*, int64_t, const float*) {}
+  bool run_panel(int64_t, int64_t, PanelPrefetcher&) { return false; }
+};
+template <int ET>
+using NoPanelHookFor = NoPanelHook;
+
+template <class V, int ET, class Hook = NoPanelHook>
 void scan_typed(EMBKERN_CUR_SCAN_ARGS) {
   (void)etype;
   constexpr int64_t L = V::kLanes, SW = 2 * L;
@@ -307,12 +318,14 @@ void scan_typed(EMBKERN_CUR_SCAN_ARGS) {
   }
   constexpr int64_t esize = ET == kF32 ? 4 : ET == kBF16 ? 2 : 1;
   PanelPrefetcher pf;
+  Hook hook(t, nq, r, rows_per_tile, nb, E, ld, scales);
 
   for (int64_t p = col_begin; p < col_end; p += nb) {
     const int64_t ncols = std::min(nb, col_end - p);
     const int64_t nstrips = (ncols + SW - 1) / SW;
-    pack_panel<V, ET>(E, ld, r, p, ncols, panel.get());
     pf.start(E, esize, ld, r, p + ncols, std::min(nb, col_end - p - ncols), nstrips * tiles);
+    if (hook.run_panel(p, ncols, pf)) continue;
+    pack_panel<V, ET>(E, ld, r, p, ncols, panel.get());
     const float* sc = nullptr;
     if constexpr (ET == kI8) {
       for (int64_t c = 0; c < nstrips * SW; ++c) pscale[c] = c < ncols ? scales[p + c] : 0.0f;
@@ -331,13 +344,13 @@ void scan_typed(EMBKERN_CUR_SCAN_ARGS) {
   }
 }
 
-template <class V>
+template <class V, template <int> class Hook = NoPanelHookFor>
 void score_topk_scan_vec(EMBKERN_CUR_SCAN_ARGS) {
   if (nq == 0 || col_begin >= col_end || heaps.k == 0) return;
   switch (etype) {
-    case kBF16: return scan_typed<V, kBF16>(C, nq, r, E, etype, scales, ld, col_begin, col_end, ex, heaps);
-    case kI8: return scan_typed<V, kI8>(C, nq, r, E, etype, scales, ld, col_begin, col_end, ex, heaps);
-    default: return scan_typed<V, kF32>(C, nq, r, E, etype, scales, ld, col_begin, col_end, ex, heaps);
+    case kBF16: return scan_typed<V, kBF16, Hook<kBF16>>(C, nq, r, E, etype, scales, ld, col_begin, col_end, ex, heaps);
+    case kI8: return scan_typed<V, kI8, Hook<kI8>>(C, nq, r, E, etype, scales, ld, col_begin, col_end, ex, heaps);
+    default: return scan_typed<V, kF32, Hook<kF32>>(C, nq, r, E, etype, scales, ld, col_begin, col_end, ex, heaps);
   }
 }
 

@@ -1,0 +1,294 @@
+// AVX-512 VNNI fused score + top-k for int8 E and many queries (B >= 5): an integer pre-filter
+// with a proven error bound, then the exact fp32 chain for the few columns that can still reach a
+// query's bar. float32 / bfloat16 E and few queries use the AVX-512 float path (cur_scan_impl.h).
+//
+// Why: the float path converts int8 E to float32 and is bound by the FMA peak (16 multiply-adds
+// per instruction); VPDPBUSD does 64 u8 x s8 multiply-adds per instruction at the same rate and
+// reads E's bytes as they are. Each query is quantized to 8 bits, c = sq p + d (p in [-127, 127],
+// stored as p + 128 for the unsigned operand; the +128 is removed with 128 * sum_j e(j, n)), so
+//   |dot(c, e) - sq dot(p, e)| <= |e|_2 |c - sq p|_2                  (Cauchy-Schwarz)
+// and the fp32 chain every path computes differs from dot(c, e) by at most (r + 2) u |c|_2 |e|_2.
+// Scaled by |scale[n]| (plus a few roundings), that bounds each exact score from above. A column is
+// rescored with the exact chain (16 (query, column) pairs per vector) only if its bound reaches the
+// query's bar, so the results are bitwise the float path's. (Quantizing float32 / bfloat16 panels
+// on the fly the same way was measured no faster than the float path on our 2-core machine: branch
+// exp/cur-vnni-all.) The float path takes a panel when: a heap is still filling (every column is a
+// candidate), scales are non-finite or extreme (the bound assumes no overflow or underflow), r > 512
+// (int32 -> float exactness), or the previous panel needed too many rescores (ties).
+#include <immintrin.h>
+
+#include <cmath>
+#include <vector>
+
+#include "cur/cur_avx512_lanes.h"
+#include "cur/cur_scan_impl.h"
+
+namespace embkern::cur {
+inline namespace EMBKERN_ISA_NS {
+namespace {
+
+constexpr int64_t kMaxDepth = 512;                      // |sum p e| < 2^24: exact int32 -> float
+constexpr float kMinMag = 0x1p-40f, kMaxMag = 0x1p40f;  // no underflow / overflow in the bound
+constexpr int kSkipAfterBadPanel = 8;
+
+inline bool magnitude_ok(float a) { return a == 0.0f || (a >= kMinMag && a <= kMaxMag); }  // NaN: false
+
+template <int ET>
+class VnniHook {
+ public:
+  VnniHook(const TileCtx& t, int64_t nq, int64_t r, int64_t rows_per_tile, int64_t nb, const void* E, int64_t ld,
+           const float* scales)
+      : t_(t), nq_(nq), r_(r), r4_((r + 3) / 4), rows_per_tile_(rows_per_tile), E_(static_cast<const int8_t*>(E)),
+        ld_(ld), scales_(scales) {
+    // (int32 gather offsets into C need nq * r < 2^31)
+    enabled_ = ET == kI8 && r > 0 && r <= kMaxDepth && rows_per_tile <= V512::kMaxRows &&
+               nq * r < (int64_t(1) << 31);
+    if (!enabled_) return;
+    sq_.resize(size_t(nq));
+    c2_.resize(size_t(nq));
+    dc2_.resize(size_t(nq));
+    cu_.assign(size_t(nq * r4_), 0);
+    for (int64_t q0 = 0; q0 < nq; q0 += rows_per_tile) {
+      const int64_t mb = std::min(rows_per_tile, nq - q0);
+      for (int64_t b = 0; b < mb; ++b) {
+        const float* c = t.C + (q0 + b) * r;
+        float cmax = 0.0f;
+        for (int64_t j = 0; j < r; ++j) {
+          const float a = std::fabs(c[j]);
+          if (!(a <= kMaxMag)) {  // also NaN and Inf
+            enabled_ = false;
+            return;
+          }
+          cmax = std::max(cmax, a);
+        }
+        if (!magnitude_ok(cmax)) {
+          enabled_ = false;
+          return;
+        }
+        const float inv = cmax > 0.0f ? 127.0f / cmax : 0.0f;
+        const float sq = cmax / 127.0f;
+        double c2 = 0.0, dc2 = 0.0;  // |c|^2 and |c - sq p|^2 in double: rounding far inside the slack
+        for (int64_t g = 0; g < r4_; ++g) {
+          uint32_t word = 0;
+          for (int i = 0; i < 4; ++i) {
+            const int64_t j = 4 * g + i;
+            const float p = j < r ? std::min(127.0f, std::max(-127.0f, std::nearbyint(c[j] * inv))) : 0.0f;
+            if (j < r) {
+              const double d = double(c[j]) - double(sq) * double(p);
+              c2 += double(c[j]) * double(c[j]);
+              dc2 += d * d;
+            }
+            word |= uint32_t(uint8_t(int(p) + 128)) << (8 * i);
+          }
+          cu_[size_t(q0 * r4_ + g * mb + b)] = word;
+        }
+        sq_[q0 + b] = sq;
+        c2_[q0 + b] = float(std::sqrt(c2) * (1.0 + 1e-6));  // rounded up
+        dc2_[q0 + b] = float(std::sqrt(dc2) * (1.0 + 1e-6));
+      }
+    }
+    const int64_t strips = (nb + 31) / 32;
+    q8_.reset(static_cast<uint8_t*>(std::aligned_alloc(64, size_t(strips * r4_ * 128))));
+    cols_.resize(size_t(strips * 32 * kColArrays));
+  }
+
+  bool run_panel(int64_t col0, int64_t ncols, PanelPrefetcher& pf) {
+    if (!enabled_) return false;
+    if (skip_ > 0) {
+      --skip_;
+      return false;
+    }
+    for (int64_t q = 0; q < nq_; ++q)  // while a heap fills every column is a candidate
+      if (!t_.qb.full[q]) return false;
+    const int64_t nstrips = (ncols + 31) / 32, padded = nstrips * 32;
+    float* sc = col(kScale);
+    for (int64_t c = 0; c < padded; ++c) {
+      sc[c] = c < ncols ? scales_[col0 + c] : 0.0f;
+      if (!magnitude_ok(std::fabs(sc[c]))) return false;
+    }
+    pack(col0, ncols, nstrips);
+    // Integer tiles and bound test; candidates are rescored after the panel (heaps unchanged meanwhile).
+    const int64_t per_group = pf.active() ? (pf.quota + r4_ - 1) / r4_ : 0;
+    int64_t candidates = 0;
+    for (int64_t s = 0; s < nstrips; ++s)
+      for (int64_t q0 = 0; q0 < nq_; q0 += rows_per_tile_) {
+        const int64_t mb = std::min(rows_per_tile_, nq_ - q0);
+        dispatch_rows(mb, [&]<int MB>() {
+          if constexpr (MB <= V512::kMaxRows) candidates += tile<MB>(s, q0, col0, per_group, pf);
+        });
+      }
+    rescore(col0);
+    // Full heaps admit few columns; more than 1/8 of the pairs means ties or a loose bound.
+    if (candidates * 8 > nq_ * ncols) skip_ = kSkipAfterBadPanel;
+    return true;
+  }
+
+ private:
+  enum ColArray { kScale, kColSum128, kBoundA, kBoundB, kColArrays };
+  float* col(ColArray a) { return cols_.data() + size_t(a) * (cols_.size() / kColArrays); }
+
+  // E's columns [col0, col0 + ncols) as VPDPBUSD operands: strip s (32 columns), group g (rows
+  // 4g..4g+3), half h: 16 lanes of 4 bytes at q8_[((s * r4 + g) * 2 + h) * 64]; zero past r and
+  // ncols. Per column: 128 * sum_j e, and the bound's factors of |c|_2 (kBoundA: the chain's
+  // rounding) and of |c - sq p|_2 (kBoundB), both with |e|_2 and 1% slack.
+  void pack(int64_t col0, int64_t ncols, int64_t nstrips) {
+    int32_t* csum = reinterpret_cast<int32_t*>(col(kColSum128));
+    float* ba = col(kBoundA);
+    float* bb = col(kBoundB);
+    const __m512i lo8 = _mm512_set1_epi32(0xff);
+    const __m512 chain = _mm512_set1_ps(float(r_ + 8) * 0x1p-23f), slack = _mm512_set1_ps(1.01f);
+    for (int64_t s = 0; s < nstrips; ++s)
+      for (int h = 0; h < 2; ++h) {
+        const int64_t c0 = s * 32 + h * 16;
+        const int64_t left = ncols - c0;
+        const __mmask16 valid = left >= 16 ? __mmask16(0xffff) : left <= 0 ? __mmask16(0) : __mmask16((1u << left) - 1);
+        const int8_t* src = E_ + col0 + c0;
+        __m512i sum = _mm512_setzero_si512(), sq2 = _mm512_setzero_si512();
+        for (int64_t g = 0; g < r4_; ++g) {
+          __m512i q[4];
+          for (int i = 0; i < 4; ++i) {
+            const int64_t j = 4 * g + i;
+            q[i] = j < r_ ? _mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(valid, src + j * ld_)) : _mm512_setzero_si512();
+            sum = _mm512_add_epi32(sum, q[i]);
+            sq2 = _mm512_add_epi32(sq2, _mm512_mullo_epi32(q[i], q[i]));
+          }
+          const __m512i word = _mm512_or_si512(
+              _mm512_or_si512(_mm512_and_si512(q[0], lo8), _mm512_slli_epi32(_mm512_and_si512(q[1], lo8), 8)),
+              _mm512_or_si512(_mm512_slli_epi32(_mm512_and_si512(q[2], lo8), 16), _mm512_slli_epi32(q[3], 24)));
+          _mm512_store_si512(q8_.get() + ((s * r4_ + g) * 2 + h) * 64, word);
+        }
+        const __m512 en = _mm512_sqrt_ps(_mm512_cvtepi32_ps(sq2));  // |e|_2 (sum of squares < 2^24: exact)
+        _mm512_storeu_si512(csum + c0, _mm512_slli_epi32(sum, 7));
+        _mm512_storeu_ps(ba + c0, _mm512_mul_ps(chain, en));
+        _mm512_storeu_ps(bb + c0, _mm512_mul_ps(slack, en));
+      }
+  }
+
+  // Queries [q0, q0 + MB) x strip s (32 columns from global column col0 + 32 s): integer dot
+  // products, then each exact score's upper bound against the query's bar (heap bars only rise,
+  // so a bar read before the panel's offers is safe). Queues candidates; returns their number.
+  template <int MB>
+  int64_t tile(int64_t s, int64_t q0, int64_t col0, int64_t per_group, PanelPrefetcher& pf) {
+    const uint8_t* e = q8_.get() + s * r4_ * 128;
+    const uint32_t* cu = cu_.data() + q0 * r4_;
+    // The instruction's own element type: __m512i (64-bit elements) views keep GCC from holding
+    // the array in registers.
+    __v16si acc[MB][2];
+#pragma GCC unroll 16
+    for (int b = 0; b < MB; ++b) acc[b][0] = acc[b][1] = __v16si{};
+    for (int64_t g = 0; g < r4_; ++g) {
+      for (int64_t i = 0; i < per_group; ++i) pf.next();
+      const __m512i e0 = _mm512_load_si512(e + g * 128), e1 = _mm512_load_si512(e + g * 128 + 64);
+#pragma GCC unroll 16
+      for (int b = 0; b < MB; ++b) {
+        const __m512i cb = _mm512_set1_epi32(int32_t(cu[g * MB + b]));
+        acc[b][0] = __builtin_ia32_vpdpbusd_v16si(acc[b][0], __v16si(cb), __v16si(e0));
+        acc[b][1] = __builtin_ia32_vpdpbusd_v16si(acc[b][1], __v16si(cb), __v16si(e1));
+      }
+    }
+    // Sums to memory once (indexing the register array below would make GCC spill it in the loop).
+    alignas(64) int32_t sums[MB][2][16];
+#pragma GCC unroll 16
+    for (int b = 0; b < MB; ++b) {
+      _mm512_store_si512(sums[b][0], __m512i(acc[b][0]));
+      _mm512_store_si512(sums[b][1], __m512i(acc[b][1]));
+    }
+    const int64_t c0 = s * 32;
+    uint32_t cand[MB];
+#pragma GCC unroll 2
+    for (int h = 0; h < 2; ++h) {
+      const int64_t left = t_.col_end - (col0 + c0 + h * 16);
+      const uint32_t valid = left <= 0 ? 0u : left >= 16 ? 0xffffu : uint32_t((1u << left) - 1);
+      const __m512i cs = _mm512_loadu_si512(reinterpret_cast<const int32_t*>(col(kColSum128)) + c0 + h * 16);
+      const __m512 ba = _mm512_loadu_ps(col(kBoundA) + c0 + h * 16);
+      const __m512 bb = _mm512_loadu_ps(col(kBoundB) + c0 + h * 16);
+      const __m512 sc = _mm512_loadu_ps(col(kScale) + c0 + h * 16);
+      const __m512 asc = _mm512_abs_ps(sc);
+#pragma GCC unroll 16
+      for (int b = 0; b < MB; ++b) {
+        const int64_t q = q0 + b;
+        // sq * dot(p, e): the int32 sum converts exactly; two roundings, covered by the 2^-20 term
+        const __m512 approx =
+            _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(_mm512_load_si512(sums[b][h]), cs)), _mm512_set1_ps(sq_[q]));
+        const __m512 bound = _mm512_fmadd_ps(ba, _mm512_set1_ps(c2_[q]), _mm512_mul_ps(bb, _mm512_set1_ps(dc2_[q])));
+        const __m512 loose = _mm512_fmadd_ps(_mm512_abs_ps(approx), _mm512_set1_ps(0x1p-20f), bound);
+        const __m512 ub = _mm512_fmadd_ps(sc, approx, _mm512_mul_ps(asc, loose));
+        // not below the bar, or unordered: a NaN bound must not drop a column
+        const uint32_t pass = uint32_t(_mm512_cmp_ps_mask(ub, _mm512_set1_ps(t_.qb.bar[q]), _CMP_NLT_UQ));
+        const uint32_t m = (pass & valid) << (16 * h);
+        cand[b] = h == 0 ? m : cand[b] | m;
+      }
+    }
+    // Queued in (strip, query, column) order: per query, increasing column, as the heaps need.
+    int64_t found = 0;
+    for (int b = 0; b < MB; ++b)
+      for (uint32_t m = cand[b]; m; m &= m - 1) {
+        cand_q_.push_back(int32_t(q0 + b));
+        cand_c_.push_back(int32_t(c0 + __builtin_ctz(m)));
+        ++found;
+      }
+    return found;
+  }
+
+  // The exact chain for the queued candidates, 16 per vector (lane i: query cand_q_[i], panel
+  // column cand_c_[i]; C gathered, E's bytes gathered four rows at a time from the packed panel),
+  // in the float path's order: acc = fma(c_j, e_j, acc) for j = 0..r-1, then acc * scale. Offered
+  // in queue order.
+  void rescore(int64_t col0) {
+    const int64_t n = int64_t(cand_q_.size());
+    const float* sc = col(kScale);
+    alignas(64) int32_t qi[16], ei[16], ci[16];
+    alignas(64) float out[16];
+    for (int64_t i0 = 0; i0 < n; i0 += 16) {
+      const int m = int(std::min<int64_t>(16, n - i0));
+      for (int i = 0; i < 16; ++i) {
+        const int64_t k = i0 + std::min(i, m - 1);  // pad with the last candidate
+        const int32_t c = cand_c_[k];
+        qi[i] = cand_q_[k] * int32_t(r_);
+        ei[i] = (c / 32) * int32_t(r4_) * 128 + ((c / 16) % 2) * 64 + (c % 16) * 4;
+        ci[i] = c;
+      }
+      const __m512i qv = _mm512_load_si512(qi), ev = _mm512_load_si512(ei);
+      __m512 a = _mm512_setzero_ps();
+      for (int64_t g = 0; g < r4_; ++g) {
+        const __m512i w = _mm512_i32gather_epi32(ev, q8_.get() + g * 128, 1);  // rows 4g..4g+3
+        for (int i = 0; i < 4 && 4 * g + i < r_; ++i) {
+          const int64_t j = 4 * g + i;
+          const __m512 ej = _mm512_cvtepi32_ps(_mm512_srai_epi32(_mm512_slli_epi32(w, 24 - 8 * i), 24));
+          a = _mm512_fmadd_ps(_mm512_i32gather_ps(qv, t_.C + j, 4), ej, a);
+        }
+      }
+      a = _mm512_mul_ps(a, _mm512_i32gather_ps(_mm512_load_si512(ci), sc, 4));
+      _mm512_store_ps(out, a);
+      for (int i = 0; i < m; ++i)
+        if (!std::isnan(out[i])) offer_lanes(t_.heaps, t_.ex, t_.qb, cand_q_[i0 + i], out + i, col0 + cand_c_[i0 + i], 1u);
+    }
+    cand_q_.clear();
+    cand_c_.clear();
+  }
+
+  struct FreeBytes {
+    void operator()(uint8_t* p) const { std::free(p); }
+  };
+  const TileCtx& t_;
+  int64_t nq_, r_, r4_, rows_per_tile_;
+  const int8_t* E_;
+  int64_t ld_;
+  const float* scales_;
+  bool enabled_ = false;
+  int skip_ = 0;
+  std::vector<float> sq_, c2_, dc2_;  // per query: scale, |c|_2, |c - sq p|_2 (rounded up)
+  std::vector<uint32_t> cu_;          // per query tile: [group][query] 4 x (p + 128)
+  std::unique_ptr<uint8_t[], FreeBytes> q8_;
+  std::vector<float> cols_;              // kColArrays arrays of per-column values
+  std::vector<int32_t> cand_q_, cand_c_;  // queued candidates: query, column within the panel
+};
+
+}  // namespace
+}  // namespace EMBKERN_ISA_NS
+
+void score_topk_scan_avx512vnni(EMBKERN_CUR_SCAN_ARGS) {
+  score_topk_scan_vec<V512, VnniHook>(C, nq, r, E, etype, scales, ld, col_begin, col_end, ex, heaps);
+}
+
+}  // namespace embkern::cur
