@@ -187,6 +187,86 @@ def test_score_topk_bad_inputs():
         embkern.score_topk(C, torch.zeros(4, 0), 1)
 
 
+# The AVX-512 VNNI path (B >= 5) filters columns with an integer approximation and a proven error
+# bound, then rescores candidates with the exact chain: results must stay bitwise the reference's on
+# data that stresses the bound (mixed column magnitudes, heavy tails, zero rows and columns, the
+# largest depth it takes and the first it refuses) and where it must hand panels to the float path.
+def _stress_E(rng, r, n, dtype):
+    E, S, Ef, Sf = make_E(rng, r, n, dtype)
+    if dtype == "int8":
+        S = torch.from_numpy(Sf * np.where(rng.random(n) < 0.2, -1.0, 1.0).astype(np.float32))
+        S[5] = 0.0
+        return E, S, Ef, S.numpy()
+    x = rng.standard_t(2, size=(r, n)).astype(np.float32)
+    x *= np.exp(rng.uniform(-8, 8, size=n)).astype(np.float32)  # columns of very different magnitude
+    x[:, 7] = 0.0
+    if dtype == "float32":
+        return torch.from_numpy(x), None, x, None
+    bits = cur_ref.f32_to_bf16_bits(x)
+    return torch.from_numpy(bits.view(np.int16)).view(torch.bfloat16), None, cur_ref.bf16_to_f32(bits), None
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("b,r", [(5, 3), (16, 37), (64, 256), (7, 512), (6, 513)])
+def test_score_topk_integer_prefilter_is_exact(isa, dtype, b, r):
+    rng = np.random.default_rng(b * 7 + r)
+    n = 2600  # several panels whichever r
+    E, S, Ef, Sf = _stress_E(rng, r, n, dtype)
+    C = rng.standard_normal((b, r)).astype(np.float32)
+    C[1] = 0.0                                     # a zero query
+    C[2] *= np.exp(rng.uniform(-6, 6, size=r)).astype(np.float32)  # wide dynamic range
+    for k in (1, 10, 100):
+        v, i = embkern.score_topk(torch.from_numpy(C), E, k, scales=S)
+        rv, ri = cur_ref.score_topk(C, Ef, k, scales=Sf)
+        np.testing.assert_array_equal(i.numpy(), ri)
+        np.testing.assert_array_equal(v.numpy(), rv)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_score_topk_prefilter_hands_odd_panels_to_the_float_path(isa, dtype):
+    # NaN, Inf and magnitudes outside the bound's safe range in late panels; NaN scores are skipped.
+    rng = np.random.default_rng(11)
+    r, n, b = 24, 3000, 9
+    x = rng.standard_normal((r, n)).astype(np.float32)
+    x[3, 1500] = np.nan
+    x[:, 1800] = 1e-30
+    x[:, 2100] = 1e30
+    x[5, 2500] = np.inf
+    if dtype == "float32":
+        E, Ef = torch.from_numpy(x), x
+    else:
+        bits = cur_ref.f32_to_bf16_bits(np.nan_to_num(x, nan=0.0, posinf=0.0))
+        bits[3, 1500], bits[5, 2500] = 0x7FC0, 0x7F80
+        E, Ef = torch.from_numpy(bits.view(np.int16)).view(torch.bfloat16), cur_ref.bf16_to_f32(bits)
+    C = rng.standard_normal((b, r)).astype(np.float32)
+    v, i = embkern.score_topk(torch.from_numpy(C), E, 20)
+    rv, ri = cur_ref.score_topk(C, Ef, 20)
+    np.testing.assert_array_equal(i.numpy(), ri)
+    np.testing.assert_array_equal(v.numpy(), rv)
+
+
+def test_score_topk_prefilter_int8_extreme_scales_and_exclusions(isa):
+    rng = np.random.default_rng(12)
+    r, n, b = 40, 4000, 12
+    E, S, Ef, Sf = make_E(rng, r, n, "int8")
+    Sf = Sf.copy()
+    Sf[2000] = 1e-45  # subnormal: outside the bound's range, that panel goes to the float path
+    Sf[2600] = 1e38   # beyond the bound's range as well (its scores overflow to inf)
+    C = rng.standard_normal((b, r)).astype(np.float32)
+    ex = np.full((b, 30), -1, dtype=np.int64)
+    for q in range(b):  # exclude each query's best late items
+        with np.errstate(over="ignore"):
+            late = cur_ref.fma_chain_scores(C[q : q + 1], Ef, Sf)[0]
+        late[:1000] = -np.inf
+        ex[q, :20] = np.argsort(-late, kind="stable")[:20]
+    v, i = embkern.score_topk(torch.from_numpy(C), E, 15, exclude=torch.from_numpy(ex), scales=torch.from_numpy(Sf))
+    with np.errstate(over="ignore"):
+        rv, ri = cur_ref.score_topk(C, Ef, 15, exclude=ex, scales=Sf)
+    np.testing.assert_array_equal(i.numpy(), ri)
+    np.testing.assert_array_equal(v.numpy(), rv)
+    assert not any(np.isin(i.numpy()[q], ex[q]).any() for q in range(b))
+
+
 def test_score_topk_opcheck():
     C, E = torch.randn(3, 8), torch.randn(8, 100)
     torch.library.opcheck(torch.ops.embkern.score_topk, (C, E, 5, torch.tensor([[1, -1], [2, 3], [-1, -1]]), None))
