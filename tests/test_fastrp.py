@@ -254,6 +254,40 @@ def test_fastrp_bfloat16_storage(isa):
         assert np.abs(got - f32).max() > 0  # it really stored bf16
 
 
+@pytest.mark.parametrize("dim", [1, 17, 128, 130])
+def test_fastrp_coded_first_iteration_is_bitwise_the_materialized_one(isa, dim):
+    """The CPU pipeline keeps L R as sign codes; the first iterate must equal csr_spmm on the stored
+    L R (fp32 or rounded to bf16) bit for bit, including the self term and beta overflow (L = inf)."""
+    rng = np.random.default_rng(30 + dim)
+    a = undirected_graph(rng, 120, 400)
+    a = a.tolil()
+    a[5, :] = 0  # an isolated node (degree 0: L = 1, inv_deg = 0)
+    a[:, 5] = 0
+    a = a.tocsr()
+    a.eliminate_zeros()
+    ip, ix = torch.from_numpy(a.indptr.astype(np.int64)), torch.from_numpy(a.indices.astype(np.int64))
+    deg = torch.from_numpy(np.diff(a.indptr)).double()
+    inv_deg = torch.where(deg > 0, 1.0 / deg, torch.zeros_like(deg)).float()
+    r = torch.from_numpy(embkern.fastrp_projection(np.arange(120), dim, 3.0, 4))
+    for beta in (0.0, 1.0, 2.0, 200.0):
+        lscale = torch.where(deg > 0, deg ** beta, torch.ones_like(deg)).float()
+        for dtype in (torch.float32, torch.bfloat16):
+            x = (r * lscale[:, None]).to(dtype)
+            for normalize in ("merge", "none"):
+                got = embkern.fastrp((ip, ix, None), dim, [1.0], beta=beta, seed=4, normalize=normalize, dtype=dtype)
+                want = embkern.csr_spmm(ip, ix, None, x, inv_deg, normalize=normalize == "merge")
+                np.testing.assert_array_equal(got.numpy(), want.numpy())
+            # with a self term the first term is added to it (the self term's own kernel is unchanged)
+            got = embkern.fastrp((ip, ix, None), dim, [1.0], self_weight=0.5, beta=beta, seed=4, normalize="none",
+                                 dtype=dtype)
+            want = 0.5 * (r * lscale[:, None])  # the self term is never rounded to the storage dtype
+            want = torch.addcmul(want, torch.ones(()), embkern.csr_spmm(ip, ix, None, x, inv_deg))
+            if beta < 100:
+                np.testing.assert_array_equal(got.numpy(), want.numpy())
+            else:
+                assert torch.isnan(got).any() and torch.equal(torch.isnan(got), torch.isnan(want))
+
+
 def test_fastrp_all_isas_bitwise_identical():
     rng = np.random.default_rng(11)
     a = undirected_graph(rng, 300, 1500, weighted=True)
