@@ -5,6 +5,10 @@
 // order on every ISA, so all paths give identical bits), followed by a fused epilogue:
 //   y[r]   = y_normalize   ? v / ||v|| : v          (stored as fp32 or bf16, round to nearest even)
 //   acc[r] = acc[r] + acc_weight * (acc_normalize ? v / ||v|| : v)     (fp32; acc_overwrite drops acc[r] +)
+// With acc_src (CPU only) acc[r] is first overwritten with
+//   acc_src_weight * (acc_src_normalize ? s / ||s|| : s),  s = acc_src[r]
+// (the pending term of an earlier iterate stored in another buffer; the same bits as if that term
+// had been written to acc by its own iteration with acc_overwrite).
 // A zero row normalizes to zero. The result of a row never depends on how rows are split among
 // threads.
 //
@@ -38,6 +42,9 @@ struct SpmmArgs {
   float acc_weight;
   bool acc_normalize;
   bool acc_overwrite;      // acc = acc_weight * ... (no read of acc)
+  const float* acc_src;    // [rows, d] or nullptr (see above; never the same memory as acc or x)
+  float acc_src_weight;
+  bool acc_src_normalize;
   const uint16_t* x_codes; // [*, 2 * code_words] or nullptr (see above; x is then unused)
   const float* x_vals;     // [*] magnitudes of the coded rows
   int64_t code_words;      // ceil(d / 16)

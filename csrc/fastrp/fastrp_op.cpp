@@ -369,23 +369,30 @@ Tensor empty_buffer(at::IntArrayRef size, const at::TensorOptions& opts) {
   return t;
 }
 
-// The pipeline on any device: `init` and `spmm` run the backend's kernels. With `use_codes` (CPU) and
-// no features, L R is stored as sign codes (InitArgs::codes, d / 4 bytes a row) that the first SpMM
-// expands on the fly: no n x dim write of L R and no DRAM gathers in the first iteration, same bits.
+// The pipeline on any device: `init` and `spmm` run the backend's kernels. On the CPU (`cpu`):
+// - without features, L R is stored as sign codes (InitArgs::codes, d / 4 bytes a row) that the first
+//   SpMM expands on the fly: no n x dim write of L R and no DRAM gathers in the first iteration;
+// - in fp32 without a self term, when the first weighted iteration k0 is the second to last (P5's and
+//   the presets' weights), its iterate goes to a fresh buffer with its term left pending, and the last
+//   iteration writes the whole sum (SpmmArgs::acc_src) into the dead input buffer of iteration k0,
+//   which becomes the output: two n x dim buffers instead of three (one fresh buffer fewer to fault
+//   in), the same traffic and the same bits.
 template <class InitRun, class SpmmRun>
 Tensor fastrp_pipeline(const Plan& p, const Tensor& indptr, const Tensor& indices, const OptTensor& weights,
                        const OptTensor& keys, const OptTensor& features, const Tensor& inv_deg, const Tensor& lscale,
-                       bool use_codes, InitRun&& init, SpmmRun&& spmm) {
+                       bool cpu, InitRun&& init, SpmmRun&& spmm) {
   const auto opts = indices.options();
   const at::ScalarType st = p.bf16 ? at::kBFloat16 : at::kFloat;
-  Tensor out = empty_buffer({p.n, p.dim}, opts.dtype(at::kFloat));
-  if (p.n == 0) return out;
+  if (p.n == 0) return at::empty({0, p.dim}, opts.dtype(at::kFloat));
   OptTensor proj;
   if (features) proj = feature_projection(p, features->size(1)).to(indices.device());
-  const bool codes = use_codes && p.iters >= 1 && p.rand_dim == p.dim;
+  const bool codes = cpu && p.iters >= 1 && p.rand_dim == p.dim;
   const int64_t code_words = (p.dim + 15) / 16;
-  // At most three n x dim buffers: two iterates (storage dtype; one when the initial matrix is
-  // coded) and out (fp32). Iterate buffers are made when first needed and reused once dead.
+  int64_t k0 = 0;  // the first weighted iteration (exists when there is no self term)
+  while (k0 < p.iters && p.weights[size_t(k0)] == 0.f) ++k0;
+  const bool two = cpu && !p.bf16 && p.self_weight == 0.f && p.iters >= 2 && k0 == p.iters - 2 && (k0 >= 1 || !codes);
+  Tensor out = two ? Tensor() : empty_buffer({p.n, p.dim}, opts.dtype(at::kFloat));
+  // Iterate buffers (storage dtype) are made when first needed and reused once dead.
   Tensor cur, spare, codes_t, vals_t;
   auto iterate_buffer = [&]() {
     Tensor t = spare.defined() ? spare : empty_buffer({p.n, p.dim}, opts.dtype(st));
@@ -410,7 +417,9 @@ Tensor fastrp_pipeline(const Plan& p, const Tensor& indptr, const Tensor& indice
   ia.acc = out_written ? out.data_ptr<float>() : nullptr;
   init(ia);
   for (int64_t it = 0; it < p.iters; ++it) {
-    SpmmArgs a = spmm_args(indptr, indices, weights, codes && it == 0 ? out : cur, inv_deg);
+    // (coded: x is read from the codes; the expanded view only gives spmm_args the shape)
+    SpmmArgs a = spmm_args(indptr, indices, weights, codes && it == 0 ? vals_t.view({p.n, 1}).expand({p.n, p.dim}) : cur,
+                           inv_deg);
     if (codes && it == 0) {
       a.x = nullptr;
       a.x_bf16 = false;
@@ -424,11 +433,24 @@ Tensor fastrp_pipeline(const Plan& p, const Tensor& indptr, const Tensor& indice
     a.y_bf16 = p.bf16;
     a.y_normalize = p.propagate;
     const float w = p.weights[size_t(it)];
-    a.acc = w != 0.f ? out.data_ptr<float>() : nullptr;
-    a.acc_weight = w;
-    a.acc_normalize = p.normalize_terms;
-    a.acc_overwrite = w != 0.f && !out_written;
-    out_written = out_written || w != 0.f;
+    if (two && it == k0) {  // term pending in `next`
+      a.acc = nullptr;
+    } else if (two && last) {  // out = the dead input of iteration k0; its pending term comes from cur
+      out = spare;
+      spare = Tensor();
+      a.acc = out.data_ptr<float>();
+      a.acc_src = cur.data_ptr<float>();
+      a.acc_src_weight = p.weights[size_t(k0)];
+      a.acc_src_normalize = p.normalize_terms && !p.propagate;  // "propagate" stored it normalized
+      a.acc_weight = w;
+      a.acc_normalize = p.normalize_terms;
+    } else {
+      a.acc = w != 0.f ? out.data_ptr<float>() : nullptr;
+      a.acc_weight = w;
+      a.acc_normalize = p.normalize_terms;
+      a.acc_overwrite = w != 0.f && !out_written;
+      out_written = out_written || w != 0.f;
+    }
     spmm(a);
     if (codes && it == 0) codes_t = vals_t = Tensor();
     if (!last) {
