@@ -181,6 +181,33 @@ def test_csr_spmm_autograd():
     torch.testing.assert_close(x.grad, dense.T @ (rs[:, None] * g), rtol=1e-5, atol=1e-5)
 
 
+def test_csr_spmm_autograd_normalize():
+    """Backward through the L2-normalization epilogue against a float64 torch composition whose own
+    gradient is checked by gradcheck; rows 1 and 24 are empty (their output is zero)."""
+    rng = np.random.default_rng(16)
+    a = random_csr(rng, 25, 18, 0.3)
+    ip, ix, w = torch.from_numpy(a.indptr).long(), torch.from_numpy(a.indices).long(), torch.from_numpy(a.data)
+    rs = torch.rand(25) + 0.5
+    dense = torch.from_numpy(a.toarray()).double()
+
+    def composition(x64):
+        v = rs.double()[:, None] * (dense @ x64)
+        return v / torch.linalg.vector_norm(v, dim=1, keepdim=True).clamp_min(1e-30)
+
+    g = torch.randn(25, 11)
+    for xdtype in (torch.float32, torch.bfloat16):
+        x = torch.randn(18, 11).to(xdtype).requires_grad_()
+        y = embkern.csr_spmm(ip, ix, w, x, rs, normalize=True)
+        (y * g).sum().backward()
+        x64 = x.detach().double().requires_grad_()
+        assert torch.autograd.gradcheck(composition, (x64,))
+        (composition(x64) * g.double()).sum().backward()
+        assert x.grad.dtype == xdtype
+        tol = 1e-5 if xdtype == torch.float32 else 1e-2  # the bf16 gradient is rounded to bf16
+        torch.testing.assert_close(x.grad.double(), x64.grad, rtol=tol, atol=tol)
+    assert torch.equal(y[1], torch.zeros(11)) and torch.equal(y[24], torch.zeros(11))
+
+
 # ---- fastrp ----------------------------------------------------------------------------------------
 
 
@@ -534,7 +561,9 @@ def test_opcheck_autograd():
     rng = np.random.default_rng(19)
     a = random_csr(rng, 30, 20, 0.2)
     ip, ix, w = torch.from_numpy(a.indptr).long(), torch.from_numpy(a.indices).long(), torch.from_numpy(a.data)
-    torch.library.opcheck(torch.ops.embkern.csr_spmm.default, (ip, ix, w, torch.randn(20, 9, requires_grad=True), torch.rand(30), False))
+    for normalize in (False, True):
+        x = torch.randn(20, 9, requires_grad=True)
+        torch.library.opcheck(torch.ops.embkern.csr_spmm.default, (ip, ix, w, x, torch.rand(30), normalize))
 
 
 def test_torch_compile_fullgraph():
