@@ -363,9 +363,10 @@ def test_fastrp_bitwise_identical_across_threads(threads):
     for t in (1, 2, 4):
         torch.set_num_threads(t)
         for normalize in ("merge", "propagate"):
-            outs.append(embkern.fastrp(a, 48, [0.0, 1.0, 1.0], normalize=normalize, dtype=torch.bfloat16))
-    for i in range(2, len(outs)):
-        np.testing.assert_array_equal(outs[i], outs[i % 2])
+            for dtype in (torch.bfloat16, torch.float32):  # fp32: coded L R and the two-buffer schedule
+                outs.append(embkern.fastrp(a, 48, [0.0, 1.0, 1.0], normalize=normalize, dtype=dtype))
+    for i in range(4, len(outs)):
+        np.testing.assert_array_equal(outs[i], outs[i % 4])
 
 
 def test_fastrp_permuting_nodes_and_keys_permutes_rows():
