@@ -181,6 +181,33 @@ def test_csr_spmm_autograd():
     torch.testing.assert_close(x.grad, dense.T @ (rs[:, None] * g), rtol=1e-5, atol=1e-5)
 
 
+def test_csr_spmm_autograd_normalize():
+    """Backward through the L2-normalization epilogue against a float64 torch composition whose own
+    gradient is checked by gradcheck; rows 1 and 24 are empty (their output is zero)."""
+    rng = np.random.default_rng(16)
+    a = random_csr(rng, 25, 18, 0.3)
+    ip, ix, w = torch.from_numpy(a.indptr).long(), torch.from_numpy(a.indices).long(), torch.from_numpy(a.data)
+    rs = torch.rand(25) + 0.5
+    dense = torch.from_numpy(a.toarray()).double()
+
+    def composition(x64):
+        v = rs.double()[:, None] * (dense @ x64)
+        return v / torch.linalg.vector_norm(v, dim=1, keepdim=True).clamp_min(1e-30)
+
+    g = torch.randn(25, 11)
+    for xdtype in (torch.float32, torch.bfloat16):
+        x = torch.randn(18, 11).to(xdtype).requires_grad_()
+        y = embkern.csr_spmm(ip, ix, w, x, rs, normalize=True)
+        (y * g).sum().backward()
+        x64 = x.detach().double().requires_grad_()
+        assert torch.autograd.gradcheck(composition, (x64,))
+        (composition(x64) * g.double()).sum().backward()
+        assert x.grad.dtype == xdtype
+        tol = 1e-5 if xdtype == torch.float32 else 1e-2  # the bf16 gradient is rounded to bf16
+        torch.testing.assert_close(x.grad.double(), x64.grad, rtol=tol, atol=tol)
+    assert torch.equal(y[1], torch.zeros(11)) and torch.equal(y[24], torch.zeros(11))
+
+
 # ---- fastrp ----------------------------------------------------------------------------------------
 
 
@@ -254,6 +281,64 @@ def test_fastrp_bfloat16_storage(isa):
         assert np.abs(got - f32).max() > 0  # it really stored bf16
 
 
+@pytest.mark.parametrize("dim", [1, 17, 128, 130])
+def test_fastrp_coded_first_iteration_is_bitwise_the_materialized_one(isa, dim):
+    """The CPU pipeline keeps L R as sign codes; the first iterate must equal csr_spmm on the stored
+    L R (fp32 or rounded to bf16) bit for bit, including the self term and beta overflow (L = inf)."""
+    rng = np.random.default_rng(30 + dim)
+    a = undirected_graph(rng, 120, 400)
+    a = a.tolil()
+    a[5, :] = 0  # an isolated node (degree 0: L = 1, inv_deg = 0)
+    a[:, 5] = 0
+    a = a.tocsr()
+    a.eliminate_zeros()
+    ip, ix = torch.from_numpy(a.indptr.astype(np.int64)), torch.from_numpy(a.indices.astype(np.int64))
+    deg = torch.from_numpy(np.diff(a.indptr)).double()
+    inv_deg = torch.where(deg > 0, 1.0 / deg, torch.zeros_like(deg)).float()
+    r = torch.from_numpy(embkern.fastrp_projection(np.arange(120), dim, 3.0, 4))
+    for beta in (0.0, 1.0, 2.0, 200.0):
+        lscale = torch.where(deg > 0, deg ** beta, torch.ones_like(deg)).float()
+        for dtype in (torch.float32, torch.bfloat16):
+            x = (r * lscale[:, None]).to(dtype)
+            for normalize in ("merge", "none"):
+                got = embkern.fastrp((ip, ix, None), dim, [1.0], beta=beta, seed=4, normalize=normalize, dtype=dtype)
+                want = embkern.csr_spmm(ip, ix, None, x, inv_deg, normalize=normalize == "merge")
+                np.testing.assert_array_equal(got.numpy(), want.numpy())
+            # with a self term the first term is added to it (the self term's own kernel is unchanged)
+            got = embkern.fastrp((ip, ix, None), dim, [1.0], self_weight=0.5, beta=beta, seed=4, normalize="none",
+                                 dtype=dtype)
+            want = 0.5 * (r * lscale[:, None])  # the self term is never rounded to the storage dtype
+            want = torch.addcmul(want, torch.ones(()), embkern.csr_spmm(ip, ix, None, x, inv_deg))
+            if beta < 100:
+                np.testing.assert_array_equal(got.numpy(), want.numpy())
+            else:
+                assert torch.isnan(got).any() and torch.equal(torch.isnan(got), torch.isnan(want))
+
+
+@pytest.mark.parametrize("normalize", ["merge", "propagate", "none"])
+@pytest.mark.parametrize("weights", [[0.0, 0.5, 2.0], [0.0, 0.0, 1.0, 6.67], [0.7, 1.5], [0.0, 1.0, 0.5, 2.0]])
+def test_fastrp_equals_its_csr_spmm_composition(isa, normalize, weights):
+    """The pipeline's buffer schedules (a pending term summed into a dead buffer by the last
+    iteration, coded L R) give exactly the bits of the plain composition of csr_spmm calls."""
+    rng = np.random.default_rng(40)
+    a = undirected_graph(rng, 150, 500, weighted=True)
+    ip, ix = torch.from_numpy(a.indptr.astype(np.int64)), torch.from_numpy(a.indices.astype(np.int64))
+    w = torch.from_numpy(a.data)
+    deg = torch.from_numpy(np.add.reduceat(a.data.astype(np.float64), a.indptr[:-1]) * (np.diff(a.indptr) > 0))
+    inv_deg = torch.where(deg > 0, 1.0 / deg, torch.zeros_like(deg)).float()
+    x = torch.from_numpy(embkern.fastrp_projection(np.arange(150), 24, 3.0, 6))
+    out = None
+    for i, wt in enumerate(weights):
+        term_norm = normalize != "none"
+        if wt != 0 and out is None:
+            out = torch.mul(embkern.csr_spmm(ip, ix, w, x, inv_deg, normalize=term_norm), wt)
+        elif wt != 0:
+            embkern.csr_spmm(ip, ix, w, x, inv_deg, normalize=term_norm, out=out, alpha=wt)
+        x = embkern.csr_spmm(ip, ix, w, x, inv_deg, normalize=normalize == "propagate")
+    got = embkern.fastrp((ip, ix, w), 24, weights, seed=6, normalize=normalize)
+    np.testing.assert_array_equal(got.numpy(), out.numpy())
+
+
 def test_fastrp_all_isas_bitwise_identical():
     rng = np.random.default_rng(11)
     a = undirected_graph(rng, 300, 1500, weighted=True)
@@ -278,9 +363,10 @@ def test_fastrp_bitwise_identical_across_threads(threads):
     for t in (1, 2, 4):
         torch.set_num_threads(t)
         for normalize in ("merge", "propagate"):
-            outs.append(embkern.fastrp(a, 48, [0.0, 1.0, 1.0], normalize=normalize, dtype=torch.bfloat16))
-    for i in range(2, len(outs)):
-        np.testing.assert_array_equal(outs[i], outs[i % 2])
+            for dtype in (torch.bfloat16, torch.float32):  # fp32: coded L R and the two-buffer schedule
+                outs.append(embkern.fastrp(a, 48, [0.0, 1.0, 1.0], normalize=normalize, dtype=dtype))
+    for i in range(4, len(outs)):
+        np.testing.assert_array_equal(outs[i], outs[i % 4])
 
 
 def test_fastrp_permuting_nodes_and_keys_permutes_rows():
@@ -476,7 +562,9 @@ def test_opcheck_autograd():
     rng = np.random.default_rng(19)
     a = random_csr(rng, 30, 20, 0.2)
     ip, ix, w = torch.from_numpy(a.indptr).long(), torch.from_numpy(a.indices).long(), torch.from_numpy(a.data)
-    torch.library.opcheck(torch.ops.embkern.csr_spmm.default, (ip, ix, w, torch.randn(20, 9, requires_grad=True), torch.rand(30), False))
+    for normalize in (False, True):
+        x = torch.randn(20, 9, requires_grad=True)
+        torch.library.opcheck(torch.ops.embkern.csr_spmm.default, (ip, ix, w, x, torch.rand(30), normalize))
 
 
 def test_torch_compile_fullgraph():

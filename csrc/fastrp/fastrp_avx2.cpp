@@ -37,6 +37,51 @@ void gather_block(const SpmmArgs& a, int64_t jb, int64_t je, int64_t c0, float* 
   for (int i = 0; i < NV; ++i) _mm256_storeu_ps(v + c0 + 8 * i, acc[i]);
 }
 
+// Coded rows (SpmmArgs::x_codes): 8 bits of a sign word spread over 8 lanes by AND + compare.
+template <int NV>
+void gather_block_codes(const SpmmArgs& a, int64_t jb, int64_t je, int64_t c0, float* v) {
+  __m256 acc[NV];
+  for (int i = 0; i < NV; ++i) acc[i] = _mm256_setzero_ps();
+  const int64_t cw = a.code_words;
+  const __m256i lane_bit = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
+  for (int64_t j = jb; j < je; ++j) {
+    if (j + kPrefetch < a.nnz) {
+      const int64_t pf = a.indices[j + kPrefetch];
+      _mm_prefetch(reinterpret_cast<const char*>(a.x_codes + pf * 2 * cw + c0 / 16), _MM_HINT_T0);
+      _mm_prefetch(reinterpret_cast<const char*>(a.x_vals + pf), _MM_HINT_T0);
+    }
+    const int64_t src = a.indices[j];
+    const float val = a.x_vals[src];
+    const __m256 w = _mm256_set1_ps(a.weights ? a.weights[j] : 1.f);
+    const __m256 pv = _mm256_set1_ps(val), nv = _mm256_set1_ps(-val);
+    const uint16_t* pos = a.x_codes + src * 2 * cw;
+    for (int i = 0; i < NV; ++i) {
+      const int64_t c = c0 + 8 * i;
+      const int sh = int(c & 15);
+      const __m256i pb = _mm256_set1_epi32((pos[c >> 4] >> sh) & 0xFF);
+      const __m256i nb = _mm256_set1_epi32((pos[cw + (c >> 4)] >> sh) & 0xFF);
+      const __m256 pm = _mm256_castsi256_ps(_mm256_cmpeq_epi32(_mm256_and_si256(pb, lane_bit), lane_bit));
+      const __m256 nm = _mm256_castsi256_ps(_mm256_cmpeq_epi32(_mm256_and_si256(nb, lane_bit), lane_bit));
+      const __m256 x = _mm256_blendv_ps(_mm256_and_ps(pm, pv), nv, nm);
+      acc[i] = _mm256_fmadd_ps(w, x, acc[i]);
+    }
+  }
+  for (int i = 0; i < NV; ++i) _mm256_storeu_ps(v + c0 + 8 * i, acc[i]);
+}
+
+void gather_dispatch_codes(const SpmmArgs& a, int64_t jb, int64_t je, int64_t c0, int nv, float* v) {
+  switch (nv) {
+    case 1: return gather_block_codes<1>(a, jb, je, c0, v);
+    case 2: return gather_block_codes<2>(a, jb, je, c0, v);
+    case 3: return gather_block_codes<3>(a, jb, je, c0, v);
+    case 4: return gather_block_codes<4>(a, jb, je, c0, v);
+    case 5: return gather_block_codes<5>(a, jb, je, c0, v);
+    case 6: return gather_block_codes<6>(a, jb, je, c0, v);
+    case 7: return gather_block_codes<7>(a, jb, je, c0, v);
+    default: return gather_block_codes<8>(a, jb, je, c0, v);
+  }
+}
+
 template <bool BF16>
 void gather_dispatch(const SpmmArgs& a, int64_t jb, int64_t je, int64_t c0, int nv, float* v) {
   switch (nv) {
@@ -60,7 +105,9 @@ void spmm_rows_avx2(const SpmmArgs& a, int64_t row_begin, int64_t row_end) {
     const int64_t jb = a.indptr[r], je = a.indptr[r + 1];
     for (int64_t c0 = 0; c0 < dv; c0 += 64) {
       const int nv = int(std::min<int64_t>(64, dv - c0) / 8);
-      if (a.x_bf16)
+      if (a.x_codes)
+        gather_dispatch_codes(a, jb, je, c0, nv, v.data());
+      else if (a.x_bf16)
         gather_dispatch<true>(a, jb, je, c0, nv, v.data());
       else
         gather_dispatch<false>(a, jb, je, c0, nv, v.data());
@@ -71,17 +118,19 @@ void spmm_rows_avx2(const SpmmArgs& a, int64_t row_begin, int64_t row_end) {
         const float w = a.weights ? a.weights[j] : 1.f;
         const int64_t src = a.indices[j] * d;
         for (int64_t c = dv; c < d; ++c) {
-          const float x = a.x_bf16 ? bf16_to_f32(static_cast<const uint16_t*>(a.x)[src + c])
+          const float x = a.x_codes ? code_value(a, a.indices[j], c)
+                          : a.x_bf16 ? bf16_to_f32(static_cast<const uint16_t*>(a.x)[src + c])
                                    : static_cast<const float*>(a.x)[src + c];
           v[c] = std::fma(w, x, v[c]);
         }
       }
     }
     apply_row_scale(v.data(), d, a.row_scale, r);
-    row_epilogue(v.data(), d, r, a.y, a.y_bf16, a.y_normalize, a.acc, a.acc_weight, a.acc_normalize, a.acc_overwrite);
+    row_epilogue(v.data(), d, r, a.y, a.y_bf16, a.y_normalize, a.acc, a.acc_weight, a.acc_normalize, a.acc_overwrite,
+                 a.acc_src, a.acc_src_weight, a.acc_src_normalize);
   }
 }
 
-void init_rows_avx2(const InitArgs& a, int64_t row_begin, int64_t row_end) { init_rows_impl(a, row_begin, row_end, fill_random_scalar); }
+void init_rows_avx2(const InitArgs& a, int64_t row_begin, int64_t row_end) { init_rows_impl(a, row_begin, row_end, fill_random_scalar, fill_codes_scalar); }
 
 }  // namespace embkern::fastrp

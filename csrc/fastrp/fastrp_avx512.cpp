@@ -43,6 +43,47 @@ void gather_block(const SpmmArgs& a, int64_t jb, int64_t je, int64_t c0, __mmask
   for (int i = 0; i < NV; ++i) _mm512_mask_storeu_ps(v + c0 + 16 * i, i == NV - 1 ? tail : __mmask16(0xFFFF), acc[i]);
 }
 
+// Coded rows (SpmmArgs::x_codes): each sign word is a lane mask, so a row costs two masked moves
+// per 16 columns and d / 4 bytes of reads (one cache line for d <= 128) instead of 4 d.
+template <int NV>
+void gather_block_codes(const SpmmArgs& a, int64_t jb, int64_t je, int64_t c0, __mmask16 tail, float* v) {
+  __m512 acc[NV];
+  for (int i = 0; i < NV; ++i) acc[i] = _mm512_setzero_ps();
+  const int64_t cw = a.code_words, w0 = c0 / 16;
+  for (int64_t j = jb; j < je; ++j) {
+    if (j + kPrefetch < a.nnz) {
+      const int64_t pf = a.indices[j + kPrefetch];
+      _mm_prefetch(reinterpret_cast<const char*>(a.x_codes + pf * 2 * cw + w0), _MM_HINT_T0);
+      _mm_prefetch(reinterpret_cast<const char*>(a.x_codes + pf * 2 * cw + cw + w0), _MM_HINT_T0);
+      _mm_prefetch(reinterpret_cast<const char*>(a.x_vals + pf), _MM_HINT_T0);
+    }
+    const int64_t src = a.indices[j];
+    const float val = a.x_vals[src];
+    const __m512 w = _mm512_set1_ps(a.weights ? a.weights[j] : 1.f);
+    const __m512 pv = _mm512_set1_ps(val), nv = _mm512_set1_ps(-val);
+    const uint16_t* pos = a.x_codes + src * 2 * cw + w0;
+    const uint16_t* neg = pos + cw;
+    for (int i = 0; i < NV; ++i) {
+      const __m512 x = _mm512_mask_mov_ps(_mm512_maskz_mov_ps(__mmask16(pos[i]), pv), __mmask16(neg[i]), nv);
+      acc[i] = _mm512_fmadd_ps(w, x, acc[i]);
+    }
+  }
+  for (int i = 0; i < NV; ++i) _mm512_mask_storeu_ps(v + c0 + 16 * i, i == NV - 1 ? tail : __mmask16(0xFFFF), acc[i]);
+}
+
+void gather_dispatch_codes(const SpmmArgs& a, int64_t jb, int64_t je, int64_t c0, int nv, __mmask16 tail, float* v) {
+  switch (nv) {
+    case 1: return gather_block_codes<1>(a, jb, je, c0, tail, v);
+    case 2: return gather_block_codes<2>(a, jb, je, c0, tail, v);
+    case 3: return gather_block_codes<3>(a, jb, je, c0, tail, v);
+    case 4: return gather_block_codes<4>(a, jb, je, c0, tail, v);
+    case 5: return gather_block_codes<5>(a, jb, je, c0, tail, v);
+    case 6: return gather_block_codes<6>(a, jb, je, c0, tail, v);
+    case 7: return gather_block_codes<7>(a, jb, je, c0, tail, v);
+    default: return gather_block_codes<8>(a, jb, je, c0, tail, v);
+  }
+}
+
 template <bool BF16>
 void gather_dispatch(const SpmmArgs& a, int64_t jb, int64_t je, int64_t c0, int nv, __mmask16 tail, float* v) {
   switch (nv) {
@@ -80,6 +121,39 @@ void fill_random_avx512(uint64_t row_state, float* v, int64_t n, uint64_t thresh
   for (; c < n; ++c) v[c] = rp_entry(row_state, c, threshold, sqrt_s);
 }
 
+// Sign codes of the same entries: the two compare masks of 8 columns are half a code word each.
+void fill_codes_avx512(uint64_t row_state, uint16_t* pos, uint16_t* neg, int64_t n, uint64_t threshold) {
+  const int64_t n8 = n / 8 * 8;
+  if (n8 < n) {  // the scalar tail ORs into words that must start at zero
+    for (int64_t w = 0; w < (n + 15) / 16; ++w) pos[w] = neg[w] = 0;
+  }
+  const __m512i gamma8 = _mm512_set1_epi64(int64_t(kGolden * 8));
+  const __m512i c1 = _mm512_set1_epi64(int64_t(0xBF58476D1CE4E5B9ull)), c2 = _mm512_set1_epi64(int64_t(0x94D049BB133111EBull));
+  const __m512i t = _mm512_set1_epi64(int64_t(threshold)), ones = _mm512_set1_epi64(-1);
+  __m512i x = _mm512_add_epi64(_mm512_set1_epi64(int64_t(row_state)),
+                               _mm512_mullo_epi64(_mm512_setr_epi64(1, 2, 3, 4, 5, 6, 7, 8), _mm512_set1_epi64(int64_t(kGolden))));
+  for (int64_t c = 0; c < n8; c += 8, x = _mm512_add_epi64(x, gamma8)) {
+    __m512i h = _mm512_mullo_epi64(_mm512_xor_si512(x, _mm512_srli_epi64(x, 30)), c1);
+    h = _mm512_mullo_epi64(_mm512_xor_si512(h, _mm512_srli_epi64(h, 27)), c2);
+    h = _mm512_xor_si512(h, _mm512_srli_epi64(h, 31));
+    const unsigned is_pos = _mm512_cmplt_epu64_mask(h, t);
+    const unsigned is_neg = _mm512_cmplt_epu64_mask(_mm512_xor_si512(h, ones), t) & ~is_pos;
+    if (c & 8) {
+      pos[c >> 4] = uint16_t(pos[c >> 4] | (is_pos << 8));
+      neg[c >> 4] = uint16_t(neg[c >> 4] | (is_neg << 8));
+    } else {
+      pos[c >> 4] = uint16_t(is_pos);
+      neg[c >> 4] = uint16_t(is_neg);
+    }
+  }
+  for (int64_t c = n8; c < n; ++c) {
+    const uint64_t h = mix64(row_state + static_cast<uint64_t>(c) * kGolden);
+    const uint16_t bit = uint16_t(1u << (c & 15));
+    if (h < threshold) pos[c >> 4] |= bit;
+    else if (~h < threshold) neg[c >> 4] |= bit;
+  }
+}
+
 }  // namespace
 
 void spmm_rows_avx512(const SpmmArgs& a, int64_t row_begin, int64_t row_end) {
@@ -91,16 +165,19 @@ void spmm_rows_avx512(const SpmmArgs& a, int64_t row_begin, int64_t row_end) {
       const int64_t cols = std::min<int64_t>(128, d - c0);
       const int nv = int((cols + 15) / 16);
       const __mmask16 tail = cols % 16 ? __mmask16((1u << (cols % 16)) - 1) : __mmask16(0xFFFF);
-      if (a.x_bf16)
+      if (a.x_codes)
+        gather_dispatch_codes(a, jb, je, c0, nv, tail, v.data());
+      else if (a.x_bf16)
         gather_dispatch<true>(a, jb, je, c0, nv, tail, v.data());
       else
         gather_dispatch<false>(a, jb, je, c0, nv, tail, v.data());
     }
     apply_row_scale(v.data(), d, a.row_scale, r);
-    row_epilogue(v.data(), d, r, a.y, a.y_bf16, a.y_normalize, a.acc, a.acc_weight, a.acc_normalize, a.acc_overwrite);
+    row_epilogue(v.data(), d, r, a.y, a.y_bf16, a.y_normalize, a.acc, a.acc_weight, a.acc_normalize, a.acc_overwrite,
+                 a.acc_src, a.acc_src_weight, a.acc_src_normalize);
   }
 }
 
-void init_rows_avx512(const InitArgs& a, int64_t row_begin, int64_t row_end) { init_rows_impl(a, row_begin, row_end, fill_random_avx512); }
+void init_rows_avx512(const InitArgs& a, int64_t row_begin, int64_t row_end) { init_rows_impl(a, row_begin, row_end, fill_random_avx512, fill_codes_avx512); }
 
 }  // namespace embkern::fastrp

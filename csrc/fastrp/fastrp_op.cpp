@@ -369,22 +369,47 @@ Tensor empty_buffer(at::IntArrayRef size, const at::TensorOptions& opts) {
   return t;
 }
 
-// The pipeline on any device: `init` and `spmm` run the backend's kernels.
+// The pipeline on any device: `init` and `spmm` run the backend's kernels. On the CPU (`cpu`):
+// - without features, L R is stored as sign codes (InitArgs::codes, d / 4 bytes a row) that the first
+//   SpMM expands on the fly: no n x dim write of L R and no DRAM gathers in the first iteration;
+// - in fp32 without a self term, when the first weighted iteration k0 is the second to last (P5's and
+//   the presets' weights), its iterate goes to a fresh buffer with its term left pending, and the last
+//   iteration writes the whole sum (SpmmArgs::acc_src) into the dead input buffer of iteration k0,
+//   which becomes the output: two n x dim buffers instead of three (one fresh buffer fewer to fault
+//   in), the same traffic and the same bits.
 template <class InitRun, class SpmmRun>
 Tensor fastrp_pipeline(const Plan& p, const Tensor& indptr, const Tensor& indices, const OptTensor& weights,
                        const OptTensor& keys, const OptTensor& features, const Tensor& inv_deg, const Tensor& lscale,
-                       InitRun&& init, SpmmRun&& spmm) {
+                       bool cpu, InitRun&& init, SpmmRun&& spmm) {
   const auto opts = indices.options();
   const at::ScalarType st = p.bf16 ? at::kBFloat16 : at::kFloat;
-  Tensor out = empty_buffer({p.n, p.dim}, opts.dtype(at::kFloat));
-  if (p.n == 0) return out;
+  if (p.n == 0) return at::empty({0, p.dim}, opts.dtype(at::kFloat));
   OptTensor proj;
   if (features) proj = feature_projection(p, features->size(1)).to(indices.device());
-  // Three n x dim buffers: cur / next (storage dtype) and out (fp32).
-  Tensor cur = empty_buffer({p.n, p.dim}, opts.dtype(st));
-  Tensor next = p.iters >= 2 ? empty_buffer({p.n, p.dim}, opts.dtype(st)) : Tensor();
+  const bool codes = cpu && p.iters >= 1 && p.rand_dim == p.dim;
+  const int64_t code_words = (p.dim + 15) / 16;
+  int64_t k0 = 0;  // the first weighted iteration (exists when there is no self term)
+  while (k0 < p.iters && p.weights[size_t(k0)] == 0.f) ++k0;
+  const bool two = cpu && !p.bf16 && p.self_weight == 0.f && p.iters >= 2 && k0 == p.iters - 2 && (k0 >= 1 || !codes);
+  Tensor out = two ? Tensor() : empty_buffer({p.n, p.dim}, opts.dtype(at::kFloat));
+  // Iterate buffers (storage dtype) are made when first needed and reused once dead.
+  Tensor cur, spare, codes_t, vals_t;
+  auto iterate_buffer = [&]() {
+    Tensor t = spare.defined() ? spare : empty_buffer({p.n, p.dim}, opts.dtype(st));
+    spare = Tensor();
+    return t;
+  };
   InitArgs ia = init_args(p, keys, features, proj, lscale);
-  ia.y = p.iters >= 1 ? cur.data_ptr() : nullptr;
+  if (codes) {
+    codes_t = at::empty({p.n, 2 * code_words}, opts.dtype(at::kShort));
+    vals_t = at::empty({p.n}, opts.dtype(at::kFloat));
+    ia.codes = reinterpret_cast<uint16_t*>(codes_t.data_ptr<int16_t>());
+    ia.vals = vals_t.data_ptr<float>();
+    ia.vals_bf16 = p.bf16;
+  } else if (p.iters >= 1) {
+    cur = iterate_buffer();
+    ia.y = cur.data_ptr();
+  }
   ia.y_bf16 = p.bf16;
   // Without a self term the first weighted iteration writes `out` instead of adding to zeros (one
   // n x dim write and read less). check_fastrp guarantees some weight is non-zero.
@@ -392,19 +417,46 @@ Tensor fastrp_pipeline(const Plan& p, const Tensor& indptr, const Tensor& indice
   ia.acc = out_written ? out.data_ptr<float>() : nullptr;
   init(ia);
   for (int64_t it = 0; it < p.iters; ++it) {
-    SpmmArgs a = spmm_args(indptr, indices, weights, cur, inv_deg);
+    // (coded: x is read from the codes; the expanded view only gives spmm_args the shape)
+    SpmmArgs a = spmm_args(indptr, indices, weights, codes && it == 0 ? vals_t.view({p.n, 1}).expand({p.n, p.dim}) : cur,
+                           inv_deg);
+    if (codes && it == 0) {
+      a.x = nullptr;
+      a.x_bf16 = false;
+      a.x_codes = reinterpret_cast<const uint16_t*>(codes_t.data_ptr<int16_t>());
+      a.x_vals = vals_t.data_ptr<float>();
+      a.code_words = code_words;
+    }
     const bool last = it + 1 == p.iters;
-    a.y = last ? nullptr : next.data_ptr();  // the last iterate is only accumulated
+    Tensor next = last ? Tensor() : iterate_buffer();  // the last iterate is only accumulated
+    a.y = last ? nullptr : next.data_ptr();
     a.y_bf16 = p.bf16;
     a.y_normalize = p.propagate;
     const float w = p.weights[size_t(it)];
-    a.acc = w != 0.f ? out.data_ptr<float>() : nullptr;
-    a.acc_weight = w;
-    a.acc_normalize = p.normalize_terms;
-    a.acc_overwrite = w != 0.f && !out_written;
-    out_written = out_written || w != 0.f;
+    if (two && it == k0) {  // term pending in `next`
+      a.acc = nullptr;
+    } else if (two && last) {  // out = the dead input of iteration k0; its pending term comes from cur
+      out = spare;
+      spare = Tensor();
+      a.acc = out.data_ptr<float>();
+      a.acc_src = cur.data_ptr<float>();
+      a.acc_src_weight = p.weights[size_t(k0)];
+      a.acc_src_normalize = p.normalize_terms && !p.propagate;  // "propagate" stored it normalized
+      a.acc_weight = w;
+      a.acc_normalize = p.normalize_terms;
+    } else {
+      a.acc = w != 0.f ? out.data_ptr<float>() : nullptr;
+      a.acc_weight = w;
+      a.acc_normalize = p.normalize_terms;
+      a.acc_overwrite = w != 0.f && !out_written;
+      out_written = out_written || w != 0.f;
+    }
     spmm(a);
-    if (!last) std::swap(cur, next);
+    if (codes && it == 0) codes_t = vals_t = Tensor();
+    if (!last) {
+      spare = cur;
+      cur = next;
+    }
   }
   return out;
 }
@@ -437,8 +489,14 @@ Tensor fastrp_cpu(const Tensor& indptr, const Tensor& indices, const OptTensor& 
       }
     });
   }
+  // Coded L R needs 0 * L = 0 (finite L): pow(deg, beta) can overflow for extreme beta.
+  bool finite_l = true;
+  {
+    const float* lp = lscale.data_ptr<float>();
+    for (int64_t r = 0; r < n && finite_l; ++r) finite_l = std::isfinite(lp[r]);
+  }
   return fastrp_pipeline(
-      p, ip, ix, w, keys, feats, inv_deg, lscale, [&](const InitArgs& ia) { init_cpu_run(ia, n); },
+      p, ip, ix, w, keys, feats, inv_deg, lscale, finite_l, [&](const InitArgs& ia) { init_cpu_run(ia, n); },
       [&](const SpmmArgs& a) { spmm_cpu_run(a, n); });
 }
 
@@ -471,7 +529,7 @@ Tensor fastrp_cuda(const Tensor& indptr, const Tensor& indices, const OptTensor&
     cuda::degrees(ip.data_ptr<int64_t>(), w ? w->data_ptr<float>() : nullptr, n, p.beta, inv_deg.data_ptr<float>(),
                   lscale.data_ptr<float>(), stream);
   return fastrp_pipeline(
-      p, ip, ix, w, keys, feats, inv_deg, lscale, [&](const InitArgs& ia) { cuda::init(ia, n, stream); },
+      p, ip, ix, w, keys, feats, inv_deg, lscale, false, [&](const InitArgs& ia) { cuda::init(ia, n, stream); },
       [&](const SpmmArgs& a) { cuda::spmm(a, n, stream); });
 }
 

@@ -14,7 +14,9 @@ void spmm_rows_scalar(const SpmmArgs& a, int64_t row_begin, int64_t row_end) {
     for (int64_t j = a.indptr[r]; j < a.indptr[r + 1]; ++j) {
       const float w = a.weights ? a.weights[j] : 1.f;
       const int64_t src = a.indices[j] * d;
-      if (a.x_bf16) {
+      if (a.x_codes) {
+        for (int64_t c = 0; c < d; ++c) v[c] = std::fma(w, code_value(a, a.indices[j], c), v[c]);
+      } else if (a.x_bf16) {
         const uint16_t* xr = static_cast<const uint16_t*>(a.x) + src;
         for (int64_t c = 0; c < d; ++c) v[c] = std::fma(w, bf16_to_f32(xr[c]), v[c]);
       } else {
@@ -23,10 +25,11 @@ void spmm_rows_scalar(const SpmmArgs& a, int64_t row_begin, int64_t row_end) {
       }
     }
     apply_row_scale(v.data(), d, a.row_scale, r);
-    row_epilogue(v.data(), d, r, a.y, a.y_bf16, a.y_normalize, a.acc, a.acc_weight, a.acc_normalize, a.acc_overwrite);
+    row_epilogue(v.data(), d, r, a.y, a.y_bf16, a.y_normalize, a.acc, a.acc_weight, a.acc_normalize, a.acc_overwrite,
+                 a.acc_src, a.acc_src_weight, a.acc_src_normalize);
   }
 }
 
-void init_rows_scalar(const InitArgs& a, int64_t row_begin, int64_t row_end) { init_rows_impl(a, row_begin, row_end, fill_random_scalar); }
+void init_rows_scalar(const InitArgs& a, int64_t row_begin, int64_t row_end) { init_rows_impl(a, row_begin, row_end, fill_random_scalar, fill_codes_scalar); }
 
 }  // namespace embkern::fastrp

@@ -36,7 +36,8 @@ inline float inv_norm(const float* v, int64_t d) {
 // The fused epilogue of one row: v (d floats, already row-scaled) -> y, acc. `overwrite_acc`
 // writes acc instead of adding to it (initialization).
 inline void row_epilogue(const float* v, int64_t d, int64_t row, void* y, bool y_bf16, bool y_normalize, float* acc,
-                         float acc_weight, bool acc_normalize, bool overwrite_acc) {
+                         float acc_weight, bool acc_normalize, bool overwrite_acc, const float* acc_src = nullptr,
+                         float acc_src_weight = 0.f, bool acc_src_normalize = false) {
   const bool need_norm = (y && y_normalize) || (acc && acc_normalize);
   const float inv = need_norm ? inv_norm(v, d) : 1.f;
   if (y) {
@@ -57,6 +58,16 @@ inline void row_epilogue(const float* v, int64_t d, int64_t row, void* y, bool y
   }
   if (acc) {
     float* ar = acc + row * d;
+    if (acc_src) {  // acc[r] = the pending term of acc_src, exactly as its own overwrite would have made it
+      const float* sr = acc_src + row * d;
+      if (acc_src_normalize) {
+        const float sinv = inv_norm(sr, d);
+        for (int64_t c = 0; c < d; ++c) ar[c] = acc_src_weight * (sr[c] * sinv);
+      } else {
+        for (int64_t c = 0; c < d; ++c) ar[c] = acc_src_weight * sr[c];
+      }
+      overwrite_acc = false;
+    }
     if (overwrite_acc) {
       if (acc_weight == 0.f) {
         std::memset(ar, 0, size_t(d) * 4);
@@ -84,14 +95,43 @@ inline void fill_random_scalar(uint64_t row_state, float* v, int64_t n, uint64_t
   for (int64_t c = 0; c < n; ++c) v[c] = rp_entry(row_state, c, threshold, sqrt_s);
 }
 
-// The initial matrix; `fill_random` is the ISA's version of fill_random_scalar (bit-identical).
-template <class FillRandom>
-inline void init_rows_impl(const InitArgs& a, int64_t row_begin, int64_t row_end, FillRandom&& fill_random) {
+// Sign codes of R[row_state, 0 .. n) (see SpmmArgs::x_codes): pos / neg hold ceil(n / 16) words.
+inline void fill_codes_scalar(uint64_t row_state, uint16_t* pos, uint16_t* neg, int64_t n, uint64_t threshold) {
+  for (int64_t w = 0; w < (n + 15) / 16; ++w) pos[w] = neg[w] = 0;
+  for (int64_t c = 0; c < n; ++c) {
+    const uint64_t h = mix64(row_state + static_cast<uint64_t>(c) * kGolden);
+    const uint16_t bit = uint16_t(1u << (c & 15));
+    if (h < threshold) pos[c >> 4] |= bit;
+    else if (~h < threshold) neg[c >> 4] |= bit;
+  }
+}
+
+// x[src, c] of a coded matrix (scalar tails and the scalar path).
+inline float code_value(const SpmmArgs& a, int64_t src, int64_t c) {
+  const uint16_t* pos = a.x_codes + src * 2 * a.code_words;
+  const uint16_t bit = uint16_t(1u << (c & 15));
+  const float v = a.x_vals[src];
+  return (pos[c >> 4] & bit) ? v : ((pos[a.code_words + (c >> 4)] & bit) ? -v : 0.f);
+}
+
+// The initial matrix; `fill_random` / `fill_codes` are the ISA's versions of fill_random_scalar /
+// fill_codes_scalar (bit-identical). With a.codes the rows of L R are stored as sign codes (y unused).
+template <class FillRandom, class FillCodes>
+inline void init_rows_impl(const InitArgs& a, int64_t row_begin, int64_t row_end, FillRandom&& fill_random,
+                           FillCodes&& fill_codes) {
   std::vector<float> v(static_cast<size_t>(a.dim));
   const int64_t fdim = a.dim - a.rand_dim;
+  const int64_t cw = (a.dim + 15) / 16;
   for (int64_t r = row_begin; r < row_end; ++r) {
     const int64_t key = a.keys ? a.keys[r] : r;
     const uint64_t rs = rp_row_state(a.seed_state, key);
+    if (a.codes) {
+      uint16_t* pos = a.codes + r * 2 * cw;
+      fill_codes(rs, pos, pos + cw, a.dim, a.threshold);
+      const float val = a.row_scale ? a.sqrt_s * a.row_scale[r] : a.sqrt_s;  // == apply_row_scale's product
+      a.vals[r] = a.vals_bf16 ? bf16_to_f32(f32_to_bf16(val)) : val;
+      if (!a.y && !a.acc) continue;
+    }
     fill_random(rs, v.data(), a.rand_dim, a.threshold, a.sqrt_s);
     if (fdim > 0) {
       float* fv = v.data() + a.rand_dim;

@@ -251,17 +251,24 @@ def _csr_spmm_setup_context(ctx, inputs, output):
     indptr, indices, weights, x, row_scale, normalize = inputs
     ctx.normalize = normalize
     ctx.x_shape, ctx.x_dtype = x.shape, x.dtype
-    ctx.save_for_backward(indptr, indices, weights, row_scale)
+    # normalize=True: the backward recomputes the unnormalized rows from x (no extra forward output)
+    ctx.save_for_backward(indptr, indices, weights, row_scale, x if normalize else None)
 
 
 def _csr_spmm_backward(ctx, grad):
-    """d/dX of row_scale * (A @ X) is A^T (row_scale * grad): a CSR x dense on the transpose, built by a
-    stable sort of the column ids (deterministic, no atomics)."""
-    if ctx.normalize:
-        raise NotImplementedError("csr_spmm: backward with normalize=True is not implemented")
-    indptr, indices, weights, row_scale = ctx.saved_tensors
+    """d/dX of v = row_scale * (A @ X) is A^T (row_scale * dv): a CSR x dense on the transpose, built by
+    a stable sort of the column ids (deterministic, no atomics). With normalize=True, y = v / ||v|| per
+    row and dv = (dy - y (y . dy)) / ||v|| (0 for a zero row, which normalizes to zero)."""
+    indptr, indices, weights, row_scale, x = ctx.saved_tensors
     if not ctx.needs_input_grad[3]:
         return None, None, None, None, None, None
+    g = grad.to(torch.float32)
+    if ctx.normalize:
+        v = torch.ops.embkern.csr_spmm(indptr, indices, weights, x, row_scale, False)
+        ss = (v * v).sum(dim=1, keepdim=True)  # fp32 like the kernel: a row whose sum overflows gave 0 too
+        inv = torch.where((ss > 0) & torch.isfinite(ss), torch.rsqrt(ss), torch.zeros_like(ss))
+        y = v * inv
+        g = (g - y * (y * g).sum(dim=1, keepdim=True)) * inv
     rows, m = indptr.numel() - 1, ctx.x_shape[0]
     row_of = torch.repeat_interleave(torch.arange(rows, device=indptr.device), indptr.diff())
     order = torch.sort(indices, stable=True).indices
@@ -269,7 +276,6 @@ def _csr_spmm_backward(ctx, grad):
     t_weights = None if weights is None else weights[order]
     t_indptr = torch.zeros(m + 1, dtype=torch.int64, device=indptr.device)
     t_indptr[1:] = torch.bincount(indices, minlength=m).cumsum(0)
-    g = grad.to(torch.float32)
     if row_scale is not None:
         g = g * row_scale[:, None]
     gx = torch.ops.embkern.csr_spmm(t_indptr, t_indices, t_weights, g.contiguous(), None, False)

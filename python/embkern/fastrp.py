@@ -155,7 +155,9 @@ def fastrp(
             traffic); accumulation is always float32 and so is the output.
     Returns:
         float32 [n, dim]: a numpy array for scipy / numpy inputs, else a tensor on the input's device.
-        Memory: three n x dim buffers (two iterates in ``dtype`` and the float32 output).
+        Memory: at most three n x dim buffers (two iterates in ``dtype`` and the float32 output); two
+        on the CPU in float32 without a self term when the first non-zero iteration weight is the
+        second to last (e.g. weights (0, 1, 1) and both presets).
     """
     indptr, indices, weights, n, numpy_out = _csr_parts(adjacency)
     dev = indices.device
