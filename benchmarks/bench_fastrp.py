@@ -84,9 +84,11 @@ def main(full: bool = False) -> str:
     e32 = embkern.fastrp(adj, dim, WEIGHTS, seed=1)
     for label, dtype, esize in (("float32", torch.float32, 4), ("bfloat16 storage", torch.bfloat16, 2)):
         t = timeit(lambda: embkern.fastrp(adj, dim, WEIGHTS, seed=1, dtype=dtype), repeat=reps)
-        # iteration 1 stores its iterate and skips acc (weight 0), 2 stores + acc, 3 acc only; + init writes
-        total = (spmm_bytes(n, nnz, dim, esize, True, False) + spmm_bytes(n, nnz, dim, esize, True, True)
-                 + spmm_bytes(n, nnz, dim, esize, False, True) + n * dim * (esize + 4))
+        # init writes L R as sign codes (dim / 4 + 4 bytes a row) that iteration 1 gathers; iteration 1
+        # stores its iterate and skips acc (weight 0), 2 stores + acc, 3 acc only
+        code = dim // 4 + 4
+        total = (n * code + 8 * (n + 1) + 12 * nnz + nnz * code + n * dim * esize
+                 + spmm_bytes(n, nnz, dim, esize, True, True) + spmm_bytes(n, nnz, dim, esize, False, True))
         gbs = total / t["median_s"] / 1e9
         rows.append({"case": case, "impl": f"embkern fastrp {label} ({embkern.get_isa()})", **t, "GB_per_s": gbs,
                      "of_stream_bw": gbs / bw})
