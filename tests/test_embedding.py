@@ -498,6 +498,40 @@ def test_unified_embedding_matches_op():
     assert torch.equal(m2(x2)[:, 8:], out)
 
 
+def test_huge_page_empty():
+    t = embkern.huge_page_empty((3 << 18, 16))  # 48 MB: spans many 2 MB pages
+    assert t.shape == (3 << 18, 16) and t.dtype == torch.float32 and t.is_contiguous() and t.device.type == "cpu"
+    assert t.data_ptr() % (2 << 20) == 0  # starts on a huge-page boundary
+    t.fill_(1.5)
+    assert float(t[-1, -1]) == 1.5 and t.sum().item() == 1.5 * t.numel()
+    h = embkern.huge_page_empty([5, 3], torch.bfloat16)
+    assert h.shape == (5, 3) and h.dtype == torch.bfloat16
+    assert embkern.huge_page_empty((0, 4)).shape == (0, 4)
+    del t  # the mapping goes with its last view
+    import gc
+    gc.collect()
+
+
+@pytest.mark.parametrize("optimizer", [None, "sgd"])
+def test_unified_embedding_huge_pages_same_results(optimizer):
+    feats = {"user": 1, "item": 2, "ctx": 1}
+    m = embkern.UnifiedEmbedding(500, 8, feats, optimizer=optimizer, lr=0.1)
+    m4k = embkern.UnifiedEmbedding(500, 8, feats, optimizer=optimizer, lr=0.1, huge_pages=False)
+    assert m.weight.data_ptr() % (2 << 20) == 0
+    m4k.weight.data.copy_(m.weight.data)
+    x = module_inputs(6, 4)
+    out, out4k = m(x), m4k(x)
+    assert torch.equal(out, out4k)
+    out.square().sum().backward()
+    out4k.square().sum().backward()
+    if optimizer is None:
+        assert torch.equal(m.weight.grad, m4k.weight.grad)
+    assert torch.equal(m.weight.detach(), m4k.weight.detach())
+    sd = m.state_dict()
+    m4k.load_state_dict(sd)
+    assert torch.equal(m4k.weight.detach(), m.weight.detach())
+
+
 @pytest.mark.parametrize("optimizer", ["sgd", "rowwise_adagrad"])
 def test_unified_embedding_fused_training_step(optimizer):
     m = embkern.UnifiedEmbedding(500, 8, {"user": 1, "item": 2, "ctx": 1}, optimizer=optimizer, lr=0.1)
