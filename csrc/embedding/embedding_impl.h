@@ -302,22 +302,41 @@ inline __attribute__((always_inline)) void segment_block(const BackwardArgs& a, 
   Reg acc[NR];
 #pragma GCC unroll 8
   for (int k = 0; k < NR; ++k) acc[k] = V::zero();
-  for (int64_t p = p0; p < p1; ++p) {
-    const uint64_t code = a.codes[p] & a.code_mask;
-    const int64_t i = int64_t(code >> gbits), g = int64_t(code & gmask);
-    const A* src = grad + a.slot_row[i] * a.grad_stride + a.g_col[g] + d0;
-    // The gradient slots are scattered over the [B, G*D] output gradient; a unique row has few
-    // pairs, so prefetch across rows up to the end of this task's range.
-    if (p + kGradPrefetchAhead < p_last) {
-      const uint64_t c2 = a.codes[p + kGradPrefetchAhead] & a.code_mask;
-      prefetch_bytes(grad + a.slot_row[int64_t(c2 >> gbits)] * a.grad_stride + a.g_col[int64_t(c2 & gmask)] + d0,
-                     dn * int64_t(sizeof(A)));
-    }
-    const Reg s = V::set1(scale[i]);
+  if (a.slot_row == nullptr) {
+    // Direct codes (unit scales): code >> probe_bits is the grad row itself, and fma(1, x, acc)
+    // rounds exactly as x + acc. No per-value lookups, so the prefetch address is known at once.
+    for (int64_t p = p0; p < p1; ++p) {
+      const uint64_t code = a.codes[p] & a.code_mask;
+      const A* src = grad + int64_t(code >> gbits) * a.grad_stride + a.g_col[int64_t(code & gmask)] + d0;
+      if (p + kGradPrefetchAhead < p_last) {
+        const uint64_t c2 = a.codes[p + kGradPrefetchAhead] & a.code_mask;
+        prefetch_bytes(grad + int64_t(c2 >> gbits) * a.grad_stride + a.g_col[int64_t(c2 & gmask)] + d0,
+                       dn * int64_t(sizeof(A)));
+      }
 #pragma GCC unroll 8
-    for (int k = 0; k < NR; ++k) {
-      const Reg x = (PART && k == NR - 1) ? V::load_part(src + k * L, last) : V::load(src + k * L);
-      acc[k] = V::fma(s, x, acc[k]);
+      for (int k = 0; k < NR; ++k) {
+        const Reg x = (PART && k == NR - 1) ? V::load_part(src + k * L, last) : V::load(src + k * L);
+        acc[k] = V::add(acc[k], x);
+      }
+    }
+  } else {
+    for (int64_t p = p0; p < p1; ++p) {
+      const uint64_t code = a.codes[p] & a.code_mask;
+      const int64_t i = int64_t(code >> gbits), g = int64_t(code & gmask);
+      const A* src = grad + a.slot_row[i] * a.grad_stride + a.g_col[g] + d0;
+      // The gradient slots are scattered over the [B, G*D] output gradient; a unique row has few
+      // pairs, so prefetch across rows up to the end of this task's range.
+      if (p + kGradPrefetchAhead < p_last) {
+        const uint64_t c2 = a.codes[p + kGradPrefetchAhead] & a.code_mask;
+        prefetch_bytes(grad + a.slot_row[int64_t(c2 >> gbits)] * a.grad_stride + a.g_col[int64_t(c2 & gmask)] + d0,
+                       dn * int64_t(sizeof(A)));
+      }
+      const Reg s = V::set1(scale[i]);
+#pragma GCC unroll 8
+      for (int k = 0; k < NR; ++k) {
+        const Reg x = (PART && k == NR - 1) ? V::load_part(src + k * L, last) : V::load(src + k * L);
+        acc[k] = V::fma(s, x, acc[k]);
+      }
     }
   }
   if (a.mode == kWriteRow) {

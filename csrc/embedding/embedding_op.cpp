@@ -338,12 +338,18 @@ std::vector<Tensor> backward_cpu(const char* op, BackwardOut kind, const Tensor&
   const MuxLayout L = layout_of(p);
 
   // Per value: the grad row it reads and its scale (1, its per-sample weight, or 1 / bag length).
-  Tensor slot_row = at::empty({N}, opts.dtype(at::kLong)), scale = at::empty({N}, opts.dtype(acc));
-  int64_t* sr = slot_row.data_ptr<int64_t>();
+  // With unit scales (sum pooling without per-sample weights, or pooling none) the pair code names
+  // the grad row directly, (grad row << probe_bits) | g, and the reduce needs no per-value lookups.
+  // The pairs keep their (value, probe) positions and the sort is stable, so each row is still
+  // summed in (value, probe) order whatever the code holds.
+  const bool direct = !p.psw.defined() && p.pooling != kPoolMean;
+  Tensor slot_row = at::empty({direct ? 0 : N}, opts.dtype(at::kLong)), scale = at::empty({direct ? 0 : N}, opts.dtype(acc));
+  int64_t* sr = direct ? nullptr : slot_row.data_ptr<int64_t>();
   // When row bits + code bits fit in 64, each pair is one word (row << code_bits | code): the sort
   // moves half the bytes. Otherwise rows and codes are separate arrays.
   const int row_bits = bit_width(uint64_t(p.M - 1));
-  const int code_bits = N == 0 ? gbits : bit_width(uint64_t(N - 1)) + gbits;
+  const int64_t code_rows = p.pooling == kPoolNone || !direct ? N : B;
+  const int code_bits = code_rows == 0 ? gbits : bit_width(uint64_t(code_rows - 1)) + gbits;
   const bool packed = row_bits + code_bits <= 64;
   const int rshift = packed ? code_bits : 0;
   const uint64_t cmask = packed ? (code_bits == 64 ? ~uint64_t(0) : (uint64_t(1) << code_bits) - 1) : ~uint64_t(0);
@@ -351,7 +357,7 @@ std::vector<Tensor> backward_cpu(const char* op, BackwardOut kind, const Tensor&
   uint64_t* kp = reinterpret_cast<uint64_t*>(keys.data_ptr<int64_t>());
   uint64_t* cp = packed ? nullptr : reinterpret_cast<uint64_t*>(codes.data_ptr<int64_t>());
   AT_DISPATCH_FLOATING_TYPES(acc, "mux_embedding_bag_backward", [&] {
-    scalar_t* sc = scale.data_ptr<scalar_t>();
+    scalar_t* sc = direct ? nullptr : scale.data_ptr<scalar_t>();
     const scalar_t* psw = p.psw.defined() ? p.psw.data_ptr<scalar_t>() : nullptr;
     at::parallel_for(0, F * B, 64, [&](int64_t j0, int64_t j1) {
       for (int64_t j = j0; j < j1; ++j) {
@@ -359,14 +365,18 @@ std::vector<Tensor> backward_cpu(const char* op, BackwardOut kind, const Tensor&
         const scalar_t inv = e > s ? scalar_t(1) / scalar_t(e - s) : scalar_t(0);
         const int64_t P_f = po[f + 1] - po[f];
         for (int64_t i = s; i < e; ++i) {
-          sr[i] = p.pooling == kPoolNone ? i : b;
-          sc[i] = psw ? psw[i] : (p.pooling == kPoolMean ? inv : scalar_t(1));
+          const int64_t slot = p.pooling == kPoolNone ? i : b;
+          if (!direct) {
+            sr[i] = slot;
+            sc[i] = psw ? psw[i] : (p.pooling == kPoolMean ? inv : scalar_t(1));
+          }
           const uint64_t pm = mix64(value_bits(L, i));
           const int64_t at0 = pair_base[size_t(f)] + (i - o[f * B]) * P_f;
+          const uint64_t hi = uint64_t(direct ? slot : i) << gbits;
           for (int64_t q = 0; q < P_f; ++q) {
             const int64_t gg = po[f] + q;
             const uint64_t row = uint64_t(probe_row(pm, L.keys[gg], L.row_base[gg], L.row_size[gg]));
-            const uint64_t code = (uint64_t(i) << gbits) | uint64_t(gg);
+            const uint64_t code = hi | uint64_t(gg);
             if (packed) {
               kp[at0 + q] = (row << rshift) | code;
             } else {
@@ -426,7 +436,7 @@ std::vector<Tensor> backward_cpu(const char* op, BackwardOut kind, const Tensor&
   a.grad_stride = g.size(1);
   a.g_col = g_col.data();
   a.slot_row = sr;
-  a.scale = scale.data_ptr();
+  a.scale = direct ? nullptr : scale.data_ptr();
   a.wtype = p.wtype;
   a.lr = lr;
   a.eps = eps;
