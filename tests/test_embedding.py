@@ -277,6 +277,30 @@ def test_thread_count_invariance(threads):
         assert torch.equal(a, b)
 
 
+def test_backward_large_table_many_pairs(isa):
+    """Sizes that exercise every level of the pair sort: more than one 32K chunk of pairs, a table
+    of 2^19 rows (a top digit plus two bucket passes) and rows hit from many bags."""
+    w, v, o, lay = make_problem({"a": 2, "b": 3}, 300_000, 5, 4000, max_len=8, seed=8, dtype=torch.float64)
+    g = torch.randn(4000, 5 * 5, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    res = []
+    for n in (1, 2):
+        torch.set_num_threads(n)
+        rows, vals = OPS.mux_embedding_bag_backward_sparse(g, w, v, o, *lay, "sum", "concat", None)
+        w2 = w.clone()
+        OPS.mux_embedding_bag_sgd_(w2, g, v, o, *lay, "sum", "concat", None, 0.5)
+        res.append((rows, vals, w2))
+    for a, b in zip(*res):
+        assert torch.equal(a, b)
+    rows, vals, w2 = res[0]
+    want = composition_grad(w, v, o, lay, "sum", "concat", g)
+    touched = want.abs().sum(1).nonzero().flatten()
+    assert rows.numel() > 1 << 15 and torch.equal(rows, touched)  # ascending unique rows
+    torch.testing.assert_close(vals, want[rows], rtol=1e-12, atol=1e-12)
+    ref_w = w.clone()
+    ref_w[rows] = torch.addcmul(w[rows], vals, torch.full_like(vals, -0.5))
+    assert torch.equal(w2, ref_w)
+
+
 # ---- backward ------------------------------------------------------------------------------------
 
 

@@ -5,6 +5,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <string>
 #include <vector>
 
@@ -303,6 +304,73 @@ void radix_sort(uint64_t*& keys, uint64_t*& vals, uint64_t* keys_tmp, uint64_t* 
   }
 }
 
+// Stable sort of keys by key bits [lo_bit, lo_bit + bits) in two sweeps over memory: one scatter by
+// the top digit (up to 8 bits, chunked as radix_sort), then each top bucket (about n / 256 keys,
+// cache resident) is finished on its own by LSD passes of up to 8 bits. radix_sort sweeps the whole
+// array twice per 8-bit digit. Bucket work is independent and the chunks are fixed, so the result
+// is the one stable order for any thread count. The result is left in keys (pointers may swap).
+void radix_sort_msd(uint64_t*& keys, uint64_t*& tmp, int64_t n, int lo_bit, int bits) {
+  if (bits == 0 || n <= 1) return;
+  constexpr int kDigitBits = 8;
+  constexpr int64_t kChunk = 1 << 15;
+  const int top_bits = std::min(bits, kDigitBits), top_shift = lo_bit + bits - top_bits;
+  const int64_t nb = int64_t(1) << top_bits, top_mask = nb - 1;
+  const int64_t chunks = (n + kChunk - 1) / kChunk;
+  std::vector<int64_t> hist(size_t(chunks * nb), 0), bucket_start(size_t(nb + 1), 0);
+  uint64_t *src = keys, *dst = tmp;
+  at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
+    for (int64_t c = c0; c < c1; ++c) {
+      int64_t* h = &hist[size_t(c * nb)];
+      for (int64_t j = c * kChunk, e = std::min(n, (c + 1) * kChunk); j < e; ++j) ++h[(src[j] >> top_shift) & top_mask];
+    }
+  });
+  int64_t run = 0;
+  for (int64_t d = 0; d < nb; ++d) {
+    bucket_start[size_t(d)] = run;
+    for (int64_t c = 0; c < chunks; ++c) {
+      const int64_t cnt = hist[size_t(c * nb + d)];
+      hist[size_t(c * nb + d)] = run;
+      run += cnt;
+    }
+  }
+  bucket_start[size_t(nb)] = n;
+  at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
+    for (int64_t c = c0; c < c1; ++c) {
+      int64_t* h = &hist[size_t(c * nb)];
+      for (int64_t j = c * kChunk, e = std::min(n, (c + 1) * kChunk); j < e; ++j)
+        dst[h[(src[j] >> top_shift) & top_mask]++] = src[j];
+    }
+  });
+  const int low_bits = bits - top_bits;
+  const int passes = (low_bits + kDigitBits - 1) / kDigitBits;
+  if (passes > 0) {
+    const int pass_bits = (low_bits + passes - 1) / passes;
+    at::parallel_for(0, nb, 4, [&](int64_t d0, int64_t d1) {
+      int64_t cnt[1 << kDigitBits];
+      for (int64_t d = d0; d < d1; ++d) {
+        const int64_t s = bucket_start[size_t(d)], e = bucket_start[size_t(d + 1)];
+        uint64_t *from = dst + s, *to = src + s;
+        for (int q = 0; q < passes; ++q) {
+          const int shift = lo_bit + q * pass_bits, db = std::min(pass_bits, low_bits - q * pass_bits);
+          const uint64_t mask = (uint64_t(1) << db) - 1;
+          std::fill(cnt, cnt + (int64_t(1) << db), 0);
+          for (int64_t j = 0; j < e - s; ++j) ++cnt[(from[j] >> shift) & mask];
+          int64_t r = 0;
+          for (int64_t v = 0; v < (int64_t(1) << db); ++v) {
+            const int64_t c = cnt[v];
+            cnt[v] = r;
+            r += c;
+          }
+          for (int64_t j = 0; j < e - s; ++j) to[cnt[(from[j] >> shift) & mask]++] = from[j];
+          std::swap(from, to);
+        }
+      }
+    });
+  }
+  // After the top scatter the keys sit in dst; each bucket pass moves them between dst and src.
+  if (passes % 2 == 0) std::swap(keys, tmp);
+}
+
 int bit_width(uint64_t x) { return x == 0 ? 0 : 64 - __builtin_clzll(x); }
 
 enum class BackwardOut { Dense, Sparse, Sgd, RowwiseAdagrad };
@@ -396,8 +464,13 @@ std::vector<Tensor> backward_cpu(const char* op, BackwardOut kind, const Tensor&
   // Sort pairs by row (stable: codes stay ascending inside a row).
   Tensor keys_tmp = at::empty({P}, opts.dtype(at::kLong)), codes_tmp = at::empty({packed ? 0 : P}, opts.dtype(at::kLong));
   uint64_t *ks = kp, *cs = cp;
-  radix_sort(ks, cs, reinterpret_cast<uint64_t*>(keys_tmp.data_ptr<int64_t>()),
-             packed ? nullptr : reinterpret_cast<uint64_t*>(codes_tmp.data_ptr<int64_t>()), P, rshift, row_bits);
+  if (packed) {
+    uint64_t* kt = reinterpret_cast<uint64_t*>(keys_tmp.data_ptr<int64_t>());
+    radix_sort_msd(ks, kt, P, rshift, row_bits);
+  } else {
+    radix_sort(ks, cs, reinterpret_cast<uint64_t*>(keys_tmp.data_ptr<int64_t>()),
+               reinterpret_cast<uint64_t*>(codes_tmp.data_ptr<int64_t>()), P, rshift, row_bits);
+  }
   if (packed) cs = ks;
 
   // Unique rows: segment starts by a chunked count + scan (fixed chunks: thread-count independent).
