@@ -301,6 +301,27 @@ def test_backward_large_table_many_pairs(isa):
     assert torch.equal(w2, ref_w)
 
 
+def test_reused_output_buffers():
+    """Outputs of 1 MiB and more come from a cache of freed blocks: live outputs never share memory,
+    and a reused block never leaks old values (pooling none zero-fills the probes a feature lacks)."""
+    w, v, o, lay = make_problem({"a": 1, "b": 3}, 5000, 64, 4096, max_len=2, seed=9)
+    first = run(w, v, o, lay, "none", "concat")  # [N, 3 * 64] fp32: > 1 MiB
+    assert first.numel() * 4 >= 1 << 20
+    want = torch.from_numpy(np.asarray(ref.mux_embedding_bag(w.numpy(), v.tolist(), o, *[t.tolist() for t in lay],
+                                                             "none", "concat"), dtype=np.float32))
+    second = run(w, v, o, lay, "none", "concat")
+    assert first.data_ptr() != second.data_ptr()
+    assert torch.equal(first, want) and torch.equal(second, want)
+    first.fill_(7.0)  # a freed block full of garbage, then the same size again
+    del first
+    again = run(w, v, o, lay, "none", "concat")
+    assert torch.equal(again, want) and torch.equal(second, want)
+    g = torch.randn(4096, 4 * 64)
+    sp1 = OPS.mux_embedding_bag_backward_sparse(g, w, v, o, *lay, "sum", "concat", None)
+    sp2 = OPS.mux_embedding_bag_backward_sparse(g, w, v, o, *lay, "sum", "concat", None)
+    assert sp1[1].data_ptr() != sp2[1].data_ptr() and torch.equal(sp1[0], sp2[0]) and torch.equal(sp1[1], sp2[1])
+
+
 # ---- backward ------------------------------------------------------------------------------------
 
 

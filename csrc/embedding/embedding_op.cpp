@@ -6,6 +6,9 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <list>
+#include <mutex>
+#include <cstdlib>
 #include <string>
 #include <vector>
 
@@ -23,6 +26,73 @@ namespace embkern::emb {
 namespace {
 
 using at::Tensor;
+
+// ---- reusable CPU buffers --------------------------------------------------------------------------
+
+// Large CPU outputs and temporaries come from a small cache of freed blocks of the same byte size.
+// A fresh multi-megabyte malloc is a new mmap, and its first touch page-faults every 4 KB page: at
+// P1 the [4096, 2048] fp32 output alone measured 13-21 ms of faults against ~4 ms to rewrite the
+// same bytes, more than the lookups themselves. A training loop asks for the same sizes every step,
+// so the blocks are reused already mapped. Blocks below 1 MiB go to the ordinary allocator; at most
+// EMBKERN_BUFFER_CACHE_MB (default 256; 0 turns the cache off) of freed blocks are kept, the
+// least recently freed dropped first. Contents are never assumed: callers treat blocks as empty.
+class BufferCache {
+ public:
+  static BufferCache& get() {
+    static BufferCache* c = new BufferCache();  // leaked: tensors may outlive static destruction
+    return *c;
+  }
+  size_t limit() const { return limit_; }
+  void* take(size_t bytes) {
+    {
+      std::lock_guard<std::mutex> g(mu_);
+      for (auto it = free_.begin(); it != free_.end(); ++it)
+        if (it->second == bytes) {
+          void* p = it->first;
+          free_.erase(it);
+          cached_ -= bytes;
+          return p;
+        }
+    }
+    void* p = nullptr;
+    if (posix_memalign(&p, 64, bytes) != 0) throw std::bad_alloc();
+    return p;
+  }
+  void give(void* p, size_t bytes) {
+    std::vector<void*> drop;
+    {
+      std::lock_guard<std::mutex> g(mu_);
+      free_.emplace_front(p, bytes);
+      cached_ += bytes;
+      while (cached_ > limit_ && !free_.empty()) {
+        drop.push_back(free_.back().first);
+        cached_ -= free_.back().second;
+        free_.pop_back();
+      }
+    }
+    for (void* q : drop) std::free(q);
+  }
+
+ private:
+  BufferCache() {
+    const char* e = std::getenv("EMBKERN_BUFFER_CACHE_MB");
+    limit_ = size_t(e ? std::max(0LL, std::atoll(e)) : 256LL) << 20;
+  }
+  std::mutex mu_;
+  std::list<std::pair<void*, size_t>> free_;  // most recently freed first
+  size_t cached_ = 0, limit_ = 0;
+};
+
+// at::empty on the CPU, served from BufferCache for blocks of 1 MiB and more.
+Tensor cpu_empty(at::IntArrayRef sizes, const at::TensorOptions& opts) {
+  int64_t numel = 1;
+  for (const int64_t s : sizes) numel *= s;
+  const size_t bytes = size_t(numel) * at::elementSize(c10::typeMetaToScalarType(opts.dtype()));
+  BufferCache& cache = BufferCache::get();
+  if (bytes < (size_t(1) << 20) || cache.limit() == 0) return at::empty(sizes, opts);
+  void* p = cache.take(bytes);
+  return at::from_blob(p, sizes, [bytes](void* q) { BufferCache::get().give(q, bytes); }, opts.device(at::kCPU));
+}
 
 // ---- argument checks (shared by every backend) -------------------------------------------------
 
@@ -236,8 +306,8 @@ CpuKernels pick_kernels() {
 // The kernels' result in the accumulation dtype; the caller converts to the weight dtype.
 Tensor forward_acc_cpu(const Problem& p, const Tensor& weight) {
   const bool ragged = p.pooling == kPoolNone && p.combine == kCombineConcat;
-  Tensor out = ragged ? at::zeros({p.out_rows(), p.out_cols()}, weight.options().dtype(acc_dtype(p.wtype)))
-                      : at::empty({p.out_rows(), p.out_cols()}, weight.options().dtype(acc_dtype(p.wtype)));
+  Tensor out = cpu_empty({p.out_rows(), p.out_cols()}, weight.options().dtype(acc_dtype(p.wtype)));
+  if (ragged) out.zero_();
   if (out.numel() == 0) return out;
   const Tensor w = weight.contiguous();
   const ForwardArgs a = forward_args(p, w, out);
@@ -411,7 +481,7 @@ std::vector<Tensor> backward_cpu(const char* op, BackwardOut kind, const Tensor&
   // The pairs keep their (value, probe) positions and the sort is stable, so each row is still
   // summed in (value, probe) order whatever the code holds.
   const bool direct = !p.psw.defined() && p.pooling != kPoolMean;
-  Tensor slot_row = at::empty({direct ? 0 : N}, opts.dtype(at::kLong)), scale = at::empty({direct ? 0 : N}, opts.dtype(acc));
+  Tensor slot_row = cpu_empty({direct ? 0 : N}, opts.dtype(at::kLong)), scale = cpu_empty({direct ? 0 : N}, opts.dtype(acc));
   int64_t* sr = direct ? nullptr : slot_row.data_ptr<int64_t>();
   // When row bits + code bits fit in 64, each pair is one word (row << code_bits | code): the sort
   // moves half the bytes. Otherwise rows and codes are separate arrays.
@@ -421,7 +491,7 @@ std::vector<Tensor> backward_cpu(const char* op, BackwardOut kind, const Tensor&
   const bool packed = row_bits + code_bits <= 64;
   const int rshift = packed ? code_bits : 0;
   const uint64_t cmask = packed ? (code_bits == 64 ? ~uint64_t(0) : (uint64_t(1) << code_bits) - 1) : ~uint64_t(0);
-  Tensor keys = at::empty({P}, opts.dtype(at::kLong)), codes = at::empty({packed ? 0 : P}, opts.dtype(at::kLong));
+  Tensor keys = cpu_empty({P}, opts.dtype(at::kLong)), codes = cpu_empty({packed ? 0 : P}, opts.dtype(at::kLong));
   uint64_t* kp = reinterpret_cast<uint64_t*>(keys.data_ptr<int64_t>());
   uint64_t* cp = packed ? nullptr : reinterpret_cast<uint64_t*>(codes.data_ptr<int64_t>());
   AT_DISPATCH_FLOATING_TYPES(acc, "mux_embedding_bag_backward", [&] {
@@ -462,7 +532,7 @@ std::vector<Tensor> backward_cpu(const char* op, BackwardOut kind, const Tensor&
       g_col[size_t(gg)] = p.combine == kCombineSum ? 0 : (p.pooling == kPoolNone ? (gg - po[f]) * D : gg * D);
 
   // Sort pairs by row (stable: codes stay ascending inside a row).
-  Tensor keys_tmp = at::empty({P}, opts.dtype(at::kLong)), codes_tmp = at::empty({packed ? 0 : P}, opts.dtype(at::kLong));
+  Tensor keys_tmp = cpu_empty({P}, opts.dtype(at::kLong)), codes_tmp = cpu_empty({packed ? 0 : P}, opts.dtype(at::kLong));
   uint64_t *ks = kp, *cs = cp;
   if (packed) {
     uint64_t* kt = reinterpret_cast<uint64_t*>(keys_tmp.data_ptr<int64_t>());
@@ -486,7 +556,7 @@ std::vector<Tensor> backward_cpu(const char* op, BackwardOut kind, const Tensor&
   });
   for (int64_t c = 0; c < chunks; ++c) chunk_count[size_t(c + 1)] += chunk_count[size_t(c)];
   const int64_t U = chunk_count[size_t(chunks)];
-  Tensor seg_start = at::empty({U + 1}, opts.dtype(at::kLong));
+  Tensor seg_start = cpu_empty({U + 1}, opts.dtype(at::kLong));
   int64_t* ss = seg_start.data_ptr<int64_t>();
   at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
     for (int64_t c = c0; c < c1; ++c) {
@@ -514,7 +584,7 @@ std::vector<Tensor> backward_cpu(const char* op, BackwardOut kind, const Tensor&
   a.lr = lr;
   a.eps = eps;
   if (kind == BackwardOut::Sparse) {
-    sparse_vals = at::empty({U, D}, opts.dtype(acc));
+    sparse_vals = cpu_empty({U, D}, opts.dtype(acc));
     a.mode = kWriteRow;
     a.out = sparse_vals.data_ptr();
   } else if (kind == BackwardOut::Dense) {
@@ -532,7 +602,7 @@ std::vector<Tensor> backward_cpu(const char* op, BackwardOut kind, const Tensor&
   at::parallel_for(0, U, 32, [&](int64_t u0, int64_t u1) { k.backward(a, u0, u1); });
 
   if (kind == BackwardOut::Sparse) {
-    sparse_rows = at::empty({U}, opts.dtype(at::kLong));
+    sparse_rows = cpu_empty({U}, opts.dtype(at::kLong));
     int64_t* rp = sparse_rows.data_ptr<int64_t>();
     at::parallel_for(0, U, 4096, [&](int64_t u0, int64_t u1) {
       for (int64_t u = u0; u < u1; ++u) rp[u] = int64_t(ks[ss[u]] >> rshift);
