@@ -95,7 +95,10 @@ void forward_none_avx512(EMBKERN_EMB_NONE_ARGS);
 struct BackwardArgs {
   const uint64_t* rows = nullptr;   // sorted rows [P]
   const uint64_t* codes = nullptr;  // codes in the same order [P]
-  const int64_t* seg_start = nullptr;  // [U + 1]
+  // [U + 1]; or null (CPU, in-place modes): the kernel is then called with a range of pair
+  // indices and finds the row boundaries itself (see num_pairs).
+  const int64_t* seg_start = nullptr;
+  int64_t num_pairs = 0;            // P, when seg_start is null
   int probe_bits = 0;               // decodes the codes
   // Packed pairs: rows[p] >> row_shift is the row and codes[p] & code_mask the code (rows and codes
   // may then be the same array); row_shift = 0 and code_mask = ~0 for separate arrays.

@@ -543,6 +543,35 @@ std::vector<Tensor> backward_cpu(const char* op, BackwardOut kind, const Tensor&
   }
   if (packed) cs = ks;
 
+  const CpuKernels k = pick_kernels();
+  const bool in_place = kind == BackwardOut::Sgd || kind == BackwardOut::RowwiseAdagrad;
+  if (in_place) {
+    // The in-place optimizers need no unique-row list: each task walks a range of the sorted pairs
+    // and owns the rows that start in it (the kernel finds the boundaries).
+    TORCH_CHECK_VALUE(weight.is_contiguous(), op, ": weight must be contiguous to be updated in place");
+    BackwardArgs a;
+    a.rows = ks;
+    a.codes = cs;
+    a.row_shift = rshift;
+    a.code_mask = cmask;
+    a.num_pairs = P;
+    a.probe_bits = gbits;
+    a.dim = D;
+    a.grad = g.data_ptr();
+    a.grad_stride = g.size(1);
+    a.g_col = g_col.data();
+    a.slot_row = sr;
+    a.scale = direct ? nullptr : scale.data_ptr();
+    a.wtype = p.wtype;
+    a.lr = lr;
+    a.eps = eps;
+    a.weight = weight.data_ptr();
+    a.mode = kind == BackwardOut::Sgd ? kSgd : kRowwiseAdagrad;
+    if (kind == BackwardOut::RowwiseAdagrad) a.momentum = momentum.data_ptr();
+    at::parallel_for(0, P, 64, [&](int64_t p0, int64_t p1) { k.backward(a, p0, p1); });
+    return {};
+  }
+
   // Unique rows: segment starts by a chunked count + scan (fixed chunks: thread-count independent).
   constexpr int64_t kChunk = 1 << 15;
   const int64_t chunks = (P + kChunk - 1) / kChunk;
@@ -591,13 +620,7 @@ std::vector<Tensor> backward_cpu(const char* op, BackwardOut kind, const Tensor&
     a.mode = kWriteRow;
     a.out = dense.data_ptr();
     a.out_by_row = true;
-  } else {
-    TORCH_CHECK_VALUE(weight.is_contiguous(), op, ": weight must be contiguous to be updated in place");
-    a.weight = weight.data_ptr();
-    a.mode = kind == BackwardOut::Sgd ? kSgd : kRowwiseAdagrad;
-    if (kind == BackwardOut::RowwiseAdagrad) a.momentum = momentum.data_ptr();
   }
-  const CpuKernels k = pick_kernels();
   // Unique rows are disjoint, so tasks never touch the same row; each row is summed in pair order.
   at::parallel_for(0, U, 32, [&](int64_t u0, int64_t u1) { k.backward(a, u0, u1); });
 
