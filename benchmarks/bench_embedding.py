@@ -208,6 +208,9 @@ def main(full: bool = False) -> str:
     finally:
         torch.set_num_threads(threads)
 
+    notes.append("embkern serves its >= 1 MiB outputs and temporaries from a cache of freed blocks "
+                 "(EMBKERN_BUFFER_CACHE_MB), so repeated calls do not page-fault a fresh 32 MB output; "
+                 "F.embedding_bag and FBGEMM allocate theirs through the ordinary allocator on every call.")
     notes.append(f"pairs (value, probe) = {N * P}, unique rows touched U = {U}; forward row bytes = "
                  f"{rows_bytes / 1e6:.1f} MB, training step bytes = {train_bytes / 1e6:.1f} MB.")
     params = {"M": M, "D": D, "B": B, "F": Fn, "ids_per_bag": ids, "probes": P, "threads": threads, "U": U}
