@@ -323,6 +323,15 @@ Tensor forward_acc_cpu(const Problem& p, const Tensor& weight) {
   return out;
 }
 
+// The accumulation-dtype result in the weight's dtype (as .to(), round to nearest even), the
+// converted copy also from BufferCache.
+Tensor in_weight_dtype(const Tensor& acc, const Tensor& weight) {
+  if (acc.scalar_type() == weight.scalar_type()) return acc;
+  Tensor out = cpu_empty(acc.sizes(), weight.options());
+  out.copy_(acc);
+  return out;
+}
+
 Tensor mux_embedding_bag_cpu(const Tensor& weight, const Tensor& values, const Tensor& offsets,
                              const Tensor& probe_offsets, const Tensor& probe_row_base, const Tensor& probe_row_size,
                              const Tensor& probe_keys, c10::string_view pooling, c10::string_view combine,
@@ -331,7 +340,7 @@ Tensor mux_embedding_bag_cpu(const Tensor& weight, const Tensor& values, const T
   const Problem p = check_problem("mux_embedding_bag", weight, values, offsets, probe_offsets, probe_row_base,
                                   probe_row_size, probe_keys, std::string(pooling), std::string(combine),
                                   per_sample_weights);
-  return forward_acc_cpu(p, weight).to(weight.scalar_type());
+  return in_weight_dtype(forward_acc_cpu(p, weight), weight);
 }
 
 // Stable LSD radix sort of keys (and their values, when vals is not null) by key bits
@@ -714,7 +723,7 @@ Tensor fused_forward_cpu(const Tensor& weight, const Tensor& momentum, EMBKERN_E
                     ": optimizer must be 'sgd' or 'rowwise_adagrad', got '", std::string(optimizer), "'");
   check_lr_eps(lr, eps, op);
   if (optimizer == "rowwise_adagrad") check_momentum(momentum, weight, p.wtype, op);
-  return forward_acc_cpu(p, weight).to(weight.scalar_type());
+  return in_weight_dtype(forward_acc_cpu(p, weight), weight);
 }
 
 // ---- CUDA ----------------------------------------------------------------------------------------
