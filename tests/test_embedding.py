@@ -258,6 +258,18 @@ def test_hot_row_hit_100k_times(isa):
     assert torch.equal(out, want)
     grad = OPS.mux_embedding_bag_backward(torch.ones(2, 17), w, v, o, po, base, size, keys, "sum", "concat", None)
     assert torch.all(grad[r] == 100_000) and grad.abs().sum() == 100_000 * 17
+    # fused SGD: the hot row's 100,000 pairs span every task's range; one task must own them all
+    g2 = torch.full((2, 17), 0.25)
+    res = []
+    for n in (1, 2):
+        torch.set_num_threads(n)
+        w2 = w.clone()
+        OPS.mux_embedding_bag_sgd_(w2, g2, v, o, po, base, size, keys, "sum", "concat", None, 0.5)
+        res.append(w2)
+    assert torch.equal(res[0], res[1])
+    want_w = w.clone()
+    want_w[r] = w[r] - 12_500.0  # lr x (100,000 x 0.25): every partial sum and the product are exact
+    assert torch.equal(res[0], want_w)
 
 
 def test_thread_count_invariance(threads):
