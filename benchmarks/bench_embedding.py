@@ -5,6 +5,8 @@
   - F.embedding_bag on pre-hashed rows (all probes in one call: the hashing-is-free floor);
   - F.embedding_bag(sparse=True) + torch.optim.SGD (forward + backward + step, pre-hashed rows);
   - FBGEMM TBE CPU (fbgemm-gpu-cpu 1.8.0) with EXACT_SGD on pre-hashed rows, when importable.
+Every implementation runs on two copies of the same table: an ordinary allocation (4 KB pages) and
+embkern.huge_page_empty (2 MB transparent huge pages, what UnifiedEmbedding allocates by default).
 Row bytes: forward reads pairs * D * 4 bytes (pairs = N * probes); forward + backward + SGD also
 reads and writes each unique row once more (U * D * 4 * 2), and reads the output gradient."""
 from __future__ import annotations
@@ -56,8 +58,6 @@ def main(full: bool = False) -> str:
     weight = torch.randn(M, D) * 0.01
     lay = (values, offsets, po, base, size, keys)
     rows_bytes = N * P * D * 4
-    case_f = f"forward M={M} D={D} B={B} F={Fn} ids={ids} P={P}"
-    case_t = f"fwd+bwd+SGD M={M} D={D} B={B} F={Fn} ids={ids} P={P}"
     rows_out, notes = [], []
 
     def add(case, impl, t, nbytes):
@@ -84,58 +84,23 @@ def main(full: bool = False) -> str:
     if not torch.equal(first, pre_rows[:8]):
         raise AssertionError("torch tensor-op hash differs from hash version 1")
 
-    # ---- forward -------------------------------------------------------------------------------
-    add(case_f, f"embkern ({embkern.get_isa()})",
-        timeit(lambda: OPS.mux_embedding_bag(weight, *lay, "sum", "concat", None, False), repeat=10), rows_bytes)
-    best = embkern.build_info()["best_isa"]
-    if best == "avx512":
-        embkern.set_isa("avx2")
-        add(case_f, "embkern (avx2)",
-            timeit(lambda: OPS.mux_embedding_bag(weight, *lay, "sum", "concat", None, False), repeat=5), rows_bytes)
-        embkern.set_isa(best)
-    add(case_f, "F.embedding_bag, pre-hashed rows (all probes, one call)",
-        timeit(lambda: F.embedding_bag(pre_rows, weight, pre_offsets, mode="sum"), repeat=10), rows_bytes)
-
-    def composition():
+    def composition(w):
         outs = []
         for f in range(Fn):
             v = values[f * B * ids:(f + 1) * B * ids]
             off = offsets[f * B:(f + 1) * B] - offsets[f * B]
             for g in range(f * P, (f + 1) * P):
-                outs.append(F.embedding_bag(torch_hash_rows(v, keys_l[g], base_l[g], size_l[g]), weight, off, mode="sum"))
+                outs.append(F.embedding_bag(torch_hash_rows(v, keys_l[g], base_l[g], size_l[g]), w, off, mode="sum"))
         return torch.cat(outs, 1)
 
-    if not torch.allclose(composition(), ours, rtol=1e-5, atol=1e-6):
+    if not torch.allclose(composition(weight), ours, rtol=1e-5, atol=1e-6):
         raise AssertionError("torch composition disagrees with embkern")
-    add(case_f, "torch composition (hash ops + F.embedding_bag per probe + cat)", timeit(composition, repeat=3),
-        rows_bytes)
 
-    # ---- forward + backward + SGD --------------------------------------------------------------
     lr = 0.01
     gout = torch.randn(B, G * D) * 1e-3
     U = int(OPS.mux_embedding_bag_backward_sparse(gout, weight, *lay, "sum", "concat", None)[0].numel())
     train_bytes = rows_bytes + 2 * U * D * 4 + gout.numel() * 4
-
-    w_ours = torch.nn.Parameter(weight.clone())
     empty = torch.zeros(0)
-
-    def ours_step():
-        out = OPS.mux_embedding_bag_fused(w_ours, empty, *lay, "sum", "concat", None, "sgd", lr)
-        out.backward(gout)
-
-    add(case_t, f"embkern fused SGD ({embkern.get_isa()})", timeit(ours_step, repeat=10), train_bytes)
-
-    w_sp = torch.nn.Parameter(weight.clone())
-    opt = torch.optim.SGD([w_sp], lr=lr)
-
-    def sparse_step():
-        opt.zero_grad(set_to_none=True)
-        out = F.embedding_bag(pre_rows, w_sp, pre_offsets, mode="sum", sparse=True)
-        out.view(G, B, D).transpose(0, 1).reshape(B, G * D).backward(gout)
-        opt.step()
-
-    add(case_t, "F.embedding_bag(sparse=True) + torch.optim.SGD, pre-hashed rows", timeit(sparse_step, repeat=3),
-        train_bytes)
 
     # same update from both (one step from the same start)
     w_a, w_b = torch.nn.Parameter(weight.clone()), torch.nn.Parameter(weight.clone())
@@ -147,7 +112,6 @@ def main(full: bool = False) -> str:
     if not torch.allclose(w_a, w_b, rtol=1e-5, atol=1e-7):
         raise AssertionError("fused SGD and torch sparse SGD disagree")
 
-    tbe_step = None
     try:
         from fbgemm_gpu.split_embedding_configs import EmbOptimType
         from fbgemm_gpu.split_table_batched_embeddings_ops_common import EmbeddingLocation, PoolingMode
@@ -155,43 +119,98 @@ def main(full: bool = False) -> str:
             ComputeDevice, SplitTableBatchedEmbeddingBagsCodegen)
     except Exception as e:  # noqa: BLE001 (optional peer: any import failure skips it)
         notes.append(f"FBGEMM TBE CPU skipped: {type(e).__name__}: {e}")
-    else:
-        tbe = SplitTableBatchedEmbeddingBagsCodegen(
-            embedding_specs=[(M, D, EmbeddingLocation.HOST, ComputeDevice.CPU)],
-            feature_table_map=[0] * G, optimizer=EmbOptimType.EXACT_SGD, learning_rate=lr,
-            pooling_mode=PoolingMode.SUM)
-        with torch.no_grad():
-            tbe.split_embedding_weights()[0].copy_(weight)
-        tbe_offsets = torch.arange(0, G * B * ids + 1, ids, dtype=torch.int64)
-        out_tbe = tbe(pre_rows, tbe_offsets)  # [B, G*D]
-        if not torch.allclose(out_tbe, ours, rtol=1e-5, atol=1e-6):
-            raise AssertionError("FBGEMM TBE and embkern disagree")
-        with torch.no_grad():
-            add(case_f, "FBGEMM TBE CPU 1.8.0 (pre-hashed rows)", timeit(lambda: tbe(pre_rows, tbe_offsets), repeat=5),
+        SplitTableBatchedEmbeddingBagsCodegen = None
+    tbe_offsets = torch.arange(0, G * B * ids + 1, ids, dtype=torch.int64)
+
+    # Every implementation runs on the same two tables (same values): an ordinary allocation (4 KB
+    # pages) and embkern.huge_page_empty (2 MB transparent huge pages, UnifiedEmbedding's default).
+    weight_hp = embkern.huge_page_empty((M, D)).copy_(weight)
+    tables = [("4 KB pages", weight, lambda w: w.clone()),
+              ("2 MB huge pages", weight_hp, lambda w: embkern.huge_page_empty(w.shape).copy_(w))]
+    steps = {}
+    for tag, w_tab, clone in tables:
+        case_f = f"forward, {tag}, M={M} D={D} B={B} F={Fn} ids={ids} P={P}"
+        case_t = f"fwd+bwd+SGD, {tag}, M={M} D={D} B={B} F={Fn} ids={ids} P={P}"
+        add(case_f, f"embkern ({embkern.get_isa()})",
+            timeit(lambda: OPS.mux_embedding_bag(w_tab, *lay, "sum", "concat", None, False), repeat=10), rows_bytes)
+        best = embkern.build_info()["best_isa"]
+        if best == "avx512":
+            embkern.set_isa("avx2")
+            add(case_f, "embkern (avx2)",
+                timeit(lambda: OPS.mux_embedding_bag(w_tab, *lay, "sum", "concat", None, False), repeat=5),
                 rows_bytes)
+            embkern.set_isa(best)
+        add(case_f, "F.embedding_bag, pre-hashed rows (all probes, one call)",
+            timeit(lambda: F.embedding_bag(pre_rows, w_tab, pre_offsets, mode="sum"), repeat=10), rows_bytes)
+        add(case_f, "torch composition (hash ops + F.embedding_bag per probe + cat)",
+            timeit(lambda: composition(w_tab), repeat=3), rows_bytes)
 
-        def tbe_step():
-            tbe(pre_rows, tbe_offsets).backward(gout)
+        w_ours = torch.nn.Parameter(clone(w_tab))
 
-        add(case_t, "FBGEMM TBE CPU 1.8.0 EXACT_SGD (pre-hashed rows)", timeit(tbe_step, repeat=3), train_bytes)
+        def ours_step(w_ours=w_ours):
+            out = OPS.mux_embedding_bag_fused(w_ours, empty, *lay, "sum", "concat", None, "sgd", lr)
+            out.backward(gout)
+
+        add(case_t, f"embkern fused SGD ({embkern.get_isa()})", timeit(ours_step, repeat=10), train_bytes)
+
+        w_sp = torch.nn.Parameter(clone(w_tab))
+        opt = torch.optim.SGD([w_sp], lr=lr)
+
+        def sparse_step(w_sp=w_sp, opt=opt):
+            opt.zero_grad(set_to_none=True)
+            out = F.embedding_bag(pre_rows, w_sp, pre_offsets, mode="sum", sparse=True)
+            out.view(G, B, D).transpose(0, 1).reshape(B, G * D).backward(gout)
+            opt.step()
+
+        add(case_t, "F.embedding_bag(sparse=True) + torch.optim.SGD, pre-hashed rows", timeit(sparse_step, repeat=3),
+            train_bytes)
+        tbe_step = None
+        if SplitTableBatchedEmbeddingBagsCodegen is not None:
+            tbe = SplitTableBatchedEmbeddingBagsCodegen(
+                embedding_specs=[(M, D, EmbeddingLocation.HOST, ComputeDevice.CPU)],
+                feature_table_map=[0] * G, optimizer=EmbOptimType.EXACT_SGD, learning_rate=lr,
+                pooling_mode=PoolingMode.SUM)
+            with torch.no_grad():
+                if w_tab is weight_hp:  # TBE's flat host table, replaced by a huge-page copy
+                    tbe.weights_host = torch.nn.Parameter(clone(w_tab).view(-1))
+                else:
+                    tbe.split_embedding_weights()[0].copy_(w_tab)
+            out_tbe = tbe(pre_rows, tbe_offsets)  # [B, G*D]
+            if not torch.allclose(out_tbe, ours, rtol=1e-5, atol=1e-6):
+                raise AssertionError("FBGEMM TBE and embkern disagree")
+            with torch.no_grad():
+                add(case_f, "FBGEMM TBE CPU 1.8.0 (pre-hashed rows)",
+                    timeit(lambda: tbe(pre_rows, tbe_offsets), repeat=5), rows_bytes)
+
+            def tbe_step(tbe=tbe):
+                tbe(pre_rows, tbe_offsets).backward(gout)
+
+            add(case_t, "FBGEMM TBE CPU 1.8.0 EXACT_SGD (pre-hashed rows)", timeit(tbe_step, repeat=3), train_bytes)
+        steps[tag] = (w_tab, ours_step, sparse_step, tbe_step)
 
     # One thread: steadier ratios on a shared machine (each row's case says so).
     torch.set_num_threads(1)
     try:
-        case_1 = f"forward, 1 thread, M={M} D={D} B={B} F={Fn} ids={ids} P={P}"
-        add(case_1, f"embkern ({embkern.get_isa()})",
-            timeit(lambda: OPS.mux_embedding_bag(weight, *lay, "sum", "concat", None, False), repeat=5), rows_bytes)
-        add(case_1, "F.embedding_bag, pre-hashed rows (all probes, one call)",
-            timeit(lambda: F.embedding_bag(pre_rows, weight, pre_offsets, mode="sum"), repeat=5), rows_bytes)
-        case_1t = f"fwd+bwd+SGD, 1 thread, M={M} D={D} B={B} F={Fn} ids={ids} P={P}"
-        add(case_1t, f"embkern fused SGD ({embkern.get_isa()})", timeit(ours_step, repeat=5), train_bytes)
-        add(case_1t, "F.embedding_bag(sparse=True) + torch.optim.SGD, pre-hashed rows", timeit(sparse_step, repeat=3),
-            train_bytes)
-        if tbe_step is not None:
-            add(case_1t, "FBGEMM TBE CPU 1.8.0 EXACT_SGD (pre-hashed rows)", timeit(tbe_step, repeat=3), train_bytes)
+        for tag, (w_tab, ours_step, sparse_step, tbe_step) in steps.items():
+            case_1 = f"forward, 1 thread, {tag}, M={M} D={D} B={B} F={Fn} ids={ids} P={P}"
+            add(case_1, f"embkern ({embkern.get_isa()})",
+                timeit(lambda: OPS.mux_embedding_bag(w_tab, *lay, "sum", "concat", None, False), repeat=5),
+                rows_bytes)
+            add(case_1, "F.embedding_bag, pre-hashed rows (all probes, one call)",
+                timeit(lambda: F.embedding_bag(pre_rows, w_tab, pre_offsets, mode="sum"), repeat=5), rows_bytes)
+            case_1t = f"fwd+bwd+SGD, 1 thread, {tag}, M={M} D={D} B={B} F={Fn} ids={ids} P={P}"
+            add(case_1t, f"embkern fused SGD ({embkern.get_isa()})", timeit(ours_step, repeat=5), train_bytes)
+            add(case_1t, "F.embedding_bag(sparse=True) + torch.optim.SGD, pre-hashed rows",
+                timeit(sparse_step, repeat=3), train_bytes)
+            if tbe_step is not None:
+                add(case_1t, "FBGEMM TBE CPU 1.8.0 EXACT_SGD (pre-hashed rows)", timeit(tbe_step, repeat=3),
+                    train_bytes)
     finally:
         torch.set_num_threads(threads)
 
+    notes.append("embkern serves its >= 1 MiB outputs and temporaries from a cache of freed blocks "
+                 "(EMBKERN_BUFFER_CACHE_MB), so repeated calls do not page-fault a fresh 32 MB output; "
+                 "F.embedding_bag and FBGEMM allocate theirs through the ordinary allocator on every call.")
     notes.append(f"pairs (value, probe) = {N * P}, unique rows touched U = {U}; forward row bytes = "
                  f"{rows_bytes / 1e6:.1f} MB, training step bytes = {train_bytes / 1e6:.1f} MB.")
     params = {"M": M, "D": D, "B": B, "F": Fn, "ids_per_bag": ids, "probes": P, "threads": threads, "U": U}

@@ -258,6 +258,18 @@ def test_hot_row_hit_100k_times(isa):
     assert torch.equal(out, want)
     grad = OPS.mux_embedding_bag_backward(torch.ones(2, 17), w, v, o, po, base, size, keys, "sum", "concat", None)
     assert torch.all(grad[r] == 100_000) and grad.abs().sum() == 100_000 * 17
+    # fused SGD: the hot row's 100,000 pairs span every task's range; one task must own them all
+    g2 = torch.full((2, 17), 0.25)
+    res = []
+    for n in (1, 2):
+        torch.set_num_threads(n)
+        w2 = w.clone()
+        OPS.mux_embedding_bag_sgd_(w2, g2, v, o, po, base, size, keys, "sum", "concat", None, 0.5)
+        res.append(w2)
+    assert torch.equal(res[0], res[1])
+    want_w = w.clone()
+    want_w[r] = w[r] - 12_500.0  # lr x (100,000 x 0.25): every partial sum and the product are exact
+    assert torch.equal(res[0], want_w)
 
 
 def test_thread_count_invariance(threads):
@@ -275,6 +287,51 @@ def test_thread_count_invariance(threads):
         res.append((fwd, dense, rows, vals, w2, m2))
     for a, b in zip(*res):
         assert torch.equal(a, b)
+
+
+def test_backward_large_table_many_pairs(isa):
+    """Sizes that exercise every level of the pair sort: more than one 32K chunk of pairs, a table
+    of 2^19 rows (a top digit plus two bucket passes) and rows hit from many bags."""
+    w, v, o, lay = make_problem({"a": 2, "b": 3}, 300_000, 5, 4000, max_len=8, seed=8, dtype=torch.float64)
+    g = torch.randn(4000, 5 * 5, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    res = []
+    for n in (1, 2):
+        torch.set_num_threads(n)
+        rows, vals = OPS.mux_embedding_bag_backward_sparse(g, w, v, o, *lay, "sum", "concat", None)
+        w2 = w.clone()
+        OPS.mux_embedding_bag_sgd_(w2, g, v, o, *lay, "sum", "concat", None, 0.5)
+        res.append((rows, vals, w2))
+    for a, b in zip(*res):
+        assert torch.equal(a, b)
+    rows, vals, w2 = res[0]
+    want = composition_grad(w, v, o, lay, "sum", "concat", g)
+    touched = want.abs().sum(1).nonzero().flatten()
+    assert rows.numel() > 1 << 15 and torch.equal(rows, touched)  # ascending unique rows
+    torch.testing.assert_close(vals, want[rows], rtol=1e-12, atol=1e-12)
+    ref_w = w.clone()
+    ref_w[rows] = torch.addcmul(w[rows], vals, torch.full_like(vals, -0.5))
+    assert torch.equal(w2, ref_w)
+
+
+def test_reused_output_buffers():
+    """Outputs of 1 MiB and more come from a cache of freed blocks: live outputs never share memory,
+    and a reused block never leaks old values (pooling none zero-fills the probes a feature lacks)."""
+    w, v, o, lay = make_problem({"a": 1, "b": 3}, 5000, 64, 4096, max_len=2, seed=9)
+    first = run(w, v, o, lay, "none", "concat")  # [N, 3 * 64] fp32: > 1 MiB
+    assert first.numel() * 4 >= 1 << 20
+    want = torch.from_numpy(np.asarray(ref.mux_embedding_bag(w.numpy(), v.tolist(), o, *[t.tolist() for t in lay],
+                                                             "none", "concat"), dtype=np.float32))
+    second = run(w, v, o, lay, "none", "concat")
+    assert first.data_ptr() != second.data_ptr()
+    assert torch.equal(first, want) and torch.equal(second, want)
+    first.fill_(7.0)  # a freed block full of garbage, then the same size again
+    del first
+    again = run(w, v, o, lay, "none", "concat")
+    assert torch.equal(again, want) and torch.equal(second, want)
+    g = torch.randn(4096, 4 * 64)
+    sp1 = OPS.mux_embedding_bag_backward_sparse(g, w, v, o, *lay, "sum", "concat", None)
+    sp2 = OPS.mux_embedding_bag_backward_sparse(g, w, v, o, *lay, "sum", "concat", None)
+    assert sp1[1].data_ptr() != sp2[1].data_ptr() and torch.equal(sp1[0], sp2[0]) and torch.equal(sp1[1], sp2[1])
 
 
 # ---- backward ------------------------------------------------------------------------------------
@@ -496,6 +553,40 @@ def test_unified_embedding_matches_op():
     m2.weight.data.copy_(m.weight.data)
     x2 = dict(x, new=(torch.tensor([1, 2]), torch.tensor([0, 1, 1, 1, 2, 2])))
     assert torch.equal(m2(x2)[:, 8:], out)
+
+
+def test_huge_page_empty():
+    t = embkern.huge_page_empty((3 << 18, 16))  # 48 MB: spans many 2 MB pages
+    assert t.shape == (3 << 18, 16) and t.dtype == torch.float32 and t.is_contiguous() and t.device.type == "cpu"
+    assert t.data_ptr() % (2 << 20) == 0  # starts on a huge-page boundary
+    t.fill_(1.5)
+    assert float(t[-1, -1]) == 1.5 and t.sum().item() == 1.5 * t.numel()
+    h = embkern.huge_page_empty([5, 3], torch.bfloat16)
+    assert h.shape == (5, 3) and h.dtype == torch.bfloat16
+    assert embkern.huge_page_empty((0, 4)).shape == (0, 4)
+    del t  # the mapping goes with its last view
+    import gc
+    gc.collect()
+
+
+@pytest.mark.parametrize("optimizer", [None, "sgd"])
+def test_unified_embedding_huge_pages_same_results(optimizer):
+    feats = {"user": 1, "item": 2, "ctx": 1}
+    m = embkern.UnifiedEmbedding(500, 8, feats, optimizer=optimizer, lr=0.1)
+    m4k = embkern.UnifiedEmbedding(500, 8, feats, optimizer=optimizer, lr=0.1, huge_pages=False)
+    assert m.weight.data_ptr() % (2 << 20) == 0
+    m4k.weight.data.copy_(m.weight.data)
+    x = module_inputs(6, 4)
+    out, out4k = m(x), m4k(x)
+    assert torch.equal(out, out4k)
+    out.square().sum().backward()
+    out4k.square().sum().backward()
+    if optimizer is None:
+        assert torch.equal(m.weight.grad, m4k.weight.grad)
+    assert torch.equal(m.weight.detach(), m4k.weight.detach())
+    sd = m.state_dict()
+    m4k.load_state_dict(sd)
+    assert torch.equal(m4k.weight.detach(), m.weight.detach())
 
 
 @pytest.mark.parametrize("optimizer", ["sgd", "rowwise_adagrad"])

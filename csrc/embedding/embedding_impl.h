@@ -302,22 +302,41 @@ inline __attribute__((always_inline)) void segment_block(const BackwardArgs& a, 
   Reg acc[NR];
 #pragma GCC unroll 8
   for (int k = 0; k < NR; ++k) acc[k] = V::zero();
-  for (int64_t p = p0; p < p1; ++p) {
-    const uint64_t code = a.codes[p] & a.code_mask;
-    const int64_t i = int64_t(code >> gbits), g = int64_t(code & gmask);
-    const A* src = grad + a.slot_row[i] * a.grad_stride + a.g_col[g] + d0;
-    // The gradient slots are scattered over the [B, G*D] output gradient; a unique row has few
-    // pairs, so prefetch across rows up to the end of this task's range.
-    if (p + kGradPrefetchAhead < p_last) {
-      const uint64_t c2 = a.codes[p + kGradPrefetchAhead] & a.code_mask;
-      prefetch_bytes(grad + a.slot_row[int64_t(c2 >> gbits)] * a.grad_stride + a.g_col[int64_t(c2 & gmask)] + d0,
-                     dn * int64_t(sizeof(A)));
-    }
-    const Reg s = V::set1(scale[i]);
+  if (a.slot_row == nullptr) {
+    // Direct codes (unit scales): code >> probe_bits is the grad row itself, and fma(1, x, acc)
+    // rounds exactly as x + acc. No per-value lookups, so the prefetch address is known at once.
+    for (int64_t p = p0; p < p1; ++p) {
+      const uint64_t code = a.codes[p] & a.code_mask;
+      const A* src = grad + int64_t(code >> gbits) * a.grad_stride + a.g_col[int64_t(code & gmask)] + d0;
+      if (p + kGradPrefetchAhead < p_last) {
+        const uint64_t c2 = a.codes[p + kGradPrefetchAhead] & a.code_mask;
+        prefetch_bytes(grad + int64_t(c2 >> gbits) * a.grad_stride + a.g_col[int64_t(c2 & gmask)] + d0,
+                       dn * int64_t(sizeof(A)));
+      }
 #pragma GCC unroll 8
-    for (int k = 0; k < NR; ++k) {
-      const Reg x = (PART && k == NR - 1) ? V::load_part(src + k * L, last) : V::load(src + k * L);
-      acc[k] = V::fma(s, x, acc[k]);
+      for (int k = 0; k < NR; ++k) {
+        const Reg x = (PART && k == NR - 1) ? V::load_part(src + k * L, last) : V::load(src + k * L);
+        acc[k] = V::add(acc[k], x);
+      }
+    }
+  } else {
+    for (int64_t p = p0; p < p1; ++p) {
+      const uint64_t code = a.codes[p] & a.code_mask;
+      const int64_t i = int64_t(code >> gbits), g = int64_t(code & gmask);
+      const A* src = grad + a.slot_row[i] * a.grad_stride + a.g_col[g] + d0;
+      // The gradient slots are scattered over the [B, G*D] output gradient; a unique row has few
+      // pairs, so prefetch across rows up to the end of this task's range.
+      if (p + kGradPrefetchAhead < p_last) {
+        const uint64_t c2 = a.codes[p + kGradPrefetchAhead] & a.code_mask;
+        prefetch_bytes(grad + a.slot_row[int64_t(c2 >> gbits)] * a.grad_stride + a.g_col[int64_t(c2 & gmask)] + d0,
+                       dn * int64_t(sizeof(A)));
+      }
+      const Reg s = V::set1(scale[i]);
+#pragma GCC unroll 8
+      for (int k = 0; k < NR; ++k) {
+        const Reg x = (PART && k == NR - 1) ? V::load_part(src + k * L, last) : V::load(src + k * L);
+        acc[k] = V::fma(s, x, acc[k]);
+      }
     }
   }
   if (a.mode == kWriteRow) {
@@ -374,12 +393,32 @@ void backward_segments_t(const BackwardArgs& a, int64_t u_begin, int64_t u_end) 
   constexpr int64_t kBlock = int64_t(kMaxRegs) * V::kLanes;
   std::vector<A> rowbuf(a.mode == kRowwiseAdagrad ? size_t(D) : 0);
   const bool in_place = a.mode != kWriteRow;
-  const int64_t p_last = a.seg_start[u_end];
-  for (int64_t u = u_begin; u < u_end; ++u) {
-    const int64_t p0 = a.seg_start[u], p1 = a.seg_start[u + 1];
-    const uint64_t row = a.rows[p0] >> a.row_shift;
-    if (in_place && u + 4 < u_end)  // the weight row four segments ahead, read-modify-written then
-      prefetch_bytes(static_cast<const T*>(a.weight) + int64_t(a.rows[a.seg_start[u + 4]] >> a.row_shift) * D, D * int64_t(sizeof(T)));
+  const bool walk = a.seg_start == nullptr;  // [u_begin, u_end) are pair indices
+  const auto row_at = [&](int64_t q) { return a.rows[q] >> a.row_shift; };
+  // Walking pairs, a task owns the rows whose first pair lies in its range: both ends move to the
+  // next row start, so every row is summed whole by one task whatever the split.
+  const auto row_start = [&](int64_t q) {
+    while (q > 0 && q < a.num_pairs && row_at(q) == row_at(q - 1)) ++q;
+    return q;
+  };
+  const int64_t u_first = walk ? row_start(u_begin) : u_begin, u_stop = walk ? row_start(u_end) : u_end;
+  const int64_t p_last = walk ? u_stop : a.seg_start[u_end];
+  for (int64_t u = u_first, p1 = 0; u < u_stop; u = walk ? p1 : u + 1) {
+    const int64_t p0 = walk ? u : a.seg_start[u];
+    p1 = p0 + 1;
+    if (walk)
+      while (p1 < u_stop && row_at(p1) == row_at(p0)) ++p1;
+    else
+      p1 = a.seg_start[u + 1];
+    const uint64_t row = row_at(p0);
+    // The weight row a few rows ahead, read-modify-written then (pairs ahead when walking: a row
+    // has ~1.1-1.6 pairs).
+    if (in_place) {
+      const int64_t ahead = walk ? p0 + 6 : u + 4;
+      if (ahead < u_stop)
+        prefetch_bytes(static_cast<const T*>(a.weight) + int64_t(row_at(walk ? ahead : a.seg_start[ahead])) * D,
+                       D * int64_t(sizeof(T)));
+    }
     for (int64_t d0 = 0; d0 < D; d0 += kBlock) {
       const int64_t dn = std::min(kBlock, D - d0);
       dispatch_regs<V::kLanes>(dn, [&]<int NR, bool PART>() {

@@ -88,10 +88,17 @@ void forward_none_avx512(EMBKERN_EMB_NONE_ARGS);
 // [seg_start[u], seg_start[u + 1]); its gradient is sum over them, in that order, of
 //   scale[i] * grad[slot_row[i] * grad_stride + g_col[g] .. + D)   (one fma per element)
 // and is then written out (kWriteRow: out + u*D, or out + row*D when out_by_row) or applied in place.
+// Direct codes (CPU, slot_row null: every scale is 1): code = (grad row << probe_bits) | g instead,
+// and the term is grad[(code >> probe_bits) * grad_stride + g_col[g] ..) added (fma by 1 rounds
+// alike). The pairs sit in (i, g) order before the stable sort either way, so the order of the
+// terms of a row is the same.
 struct BackwardArgs {
   const uint64_t* rows = nullptr;   // sorted rows [P]
   const uint64_t* codes = nullptr;  // codes in the same order [P]
-  const int64_t* seg_start = nullptr;  // [U + 1]
+  // [U + 1]; or null (CPU, in-place modes): the kernel is then called with a range of pair
+  // indices and finds the row boundaries itself (see num_pairs).
+  const int64_t* seg_start = nullptr;
+  int64_t num_pairs = 0;            // P, when seg_start is null
   int probe_bits = 0;               // decodes the codes
   // Packed pairs: rows[p] >> row_shift is the row and codes[p] & code_mask the code (rows and codes
   // may then be the same array); row_shift = 0 and code_mask = ~0 for separate arrays.
@@ -101,7 +108,9 @@ struct BackwardArgs {
   const void* grad = nullptr;       // accumulation type
   int64_t grad_stride = 0;
   const int64_t* g_col = nullptr;   // [G] column of probe g's slot in a grad row
-  const int64_t* slot_row = nullptr;  // [N] grad row of value i
+  // [N] grad row of value i, or null for direct codes: code >> probe_bits is then the grad row and
+  // every scale is 1 (sum pooling without per-sample weights, or pooling none; CPU only).
+  const int64_t* slot_row = nullptr;
   const void* scale = nullptr;      // [N] accumulation type
   int mode = kWriteRow;
   void* out = nullptr;              // kWriteRow: accumulation type

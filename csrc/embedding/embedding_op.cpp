@@ -5,6 +5,10 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cstdlib>
+#include <list>
+#include <mutex>
+#include <cstdlib>
 #include <string>
 #include <vector>
 
@@ -22,6 +26,73 @@ namespace embkern::emb {
 namespace {
 
 using at::Tensor;
+
+// ---- reusable CPU buffers --------------------------------------------------------------------------
+
+// Large CPU outputs and temporaries come from a small cache of freed blocks of the same byte size.
+// A fresh multi-megabyte malloc is a new mmap, and its first touch page-faults every 4 KB page: at
+// P1 the [4096, 2048] fp32 output alone measured 13-21 ms of faults against ~4 ms to rewrite the
+// same bytes, more than the lookups themselves. A training loop asks for the same sizes every step,
+// so the blocks are reused already mapped. Blocks below 1 MiB go to the ordinary allocator; at most
+// EMBKERN_BUFFER_CACHE_MB (default 256; 0 turns the cache off) of freed blocks are kept, the
+// least recently freed dropped first. Contents are never assumed: callers treat blocks as empty.
+class BufferCache {
+ public:
+  static BufferCache& get() {
+    static BufferCache* c = new BufferCache();  // leaked: tensors may outlive static destruction
+    return *c;
+  }
+  size_t limit() const { return limit_; }
+  void* take(size_t bytes) {
+    {
+      std::lock_guard<std::mutex> g(mu_);
+      for (auto it = free_.begin(); it != free_.end(); ++it)
+        if (it->second == bytes) {
+          void* p = it->first;
+          free_.erase(it);
+          cached_ -= bytes;
+          return p;
+        }
+    }
+    void* p = nullptr;
+    if (posix_memalign(&p, 64, bytes) != 0) throw std::bad_alloc();
+    return p;
+  }
+  void give(void* p, size_t bytes) {
+    std::vector<void*> drop;
+    {
+      std::lock_guard<std::mutex> g(mu_);
+      free_.emplace_front(p, bytes);
+      cached_ += bytes;
+      while (cached_ > limit_ && !free_.empty()) {
+        drop.push_back(free_.back().first);
+        cached_ -= free_.back().second;
+        free_.pop_back();
+      }
+    }
+    for (void* q : drop) std::free(q);
+  }
+
+ private:
+  BufferCache() {
+    const char* e = std::getenv("EMBKERN_BUFFER_CACHE_MB");
+    limit_ = size_t(e ? std::max(0LL, std::atoll(e)) : 256LL) << 20;
+  }
+  std::mutex mu_;
+  std::list<std::pair<void*, size_t>> free_;  // most recently freed first
+  size_t cached_ = 0, limit_ = 0;
+};
+
+// at::empty on the CPU, served from BufferCache for blocks of 1 MiB and more.
+Tensor cpu_empty(at::IntArrayRef sizes, const at::TensorOptions& opts) {
+  int64_t numel = 1;
+  for (const int64_t s : sizes) numel *= s;
+  const size_t bytes = size_t(numel) * at::elementSize(c10::typeMetaToScalarType(opts.dtype()));
+  BufferCache& cache = BufferCache::get();
+  if (bytes < (size_t(1) << 20) || cache.limit() == 0) return at::empty(sizes, opts);
+  void* p = cache.take(bytes);
+  return at::from_blob(p, sizes, [bytes](void* q) { BufferCache::get().give(q, bytes); }, opts.device(at::kCPU));
+}
 
 // ---- argument checks (shared by every backend) -------------------------------------------------
 
@@ -235,8 +306,8 @@ CpuKernels pick_kernels() {
 // The kernels' result in the accumulation dtype; the caller converts to the weight dtype.
 Tensor forward_acc_cpu(const Problem& p, const Tensor& weight) {
   const bool ragged = p.pooling == kPoolNone && p.combine == kCombineConcat;
-  Tensor out = ragged ? at::zeros({p.out_rows(), p.out_cols()}, weight.options().dtype(acc_dtype(p.wtype)))
-                      : at::empty({p.out_rows(), p.out_cols()}, weight.options().dtype(acc_dtype(p.wtype)));
+  Tensor out = cpu_empty({p.out_rows(), p.out_cols()}, weight.options().dtype(acc_dtype(p.wtype)));
+  if (ragged) out.zero_();
   if (out.numel() == 0) return out;
   const Tensor w = weight.contiguous();
   const ForwardArgs a = forward_args(p, w, out);
@@ -252,6 +323,15 @@ Tensor forward_acc_cpu(const Problem& p, const Tensor& weight) {
   return out;
 }
 
+// The accumulation-dtype result in the weight's dtype (as .to(), round to nearest even), the
+// converted copy also from BufferCache.
+Tensor in_weight_dtype(const Tensor& acc, const Tensor& weight) {
+  if (acc.scalar_type() == weight.scalar_type()) return acc;
+  Tensor out = cpu_empty(acc.sizes(), weight.options());
+  out.copy_(acc);
+  return out;
+}
+
 Tensor mux_embedding_bag_cpu(const Tensor& weight, const Tensor& values, const Tensor& offsets,
                              const Tensor& probe_offsets, const Tensor& probe_row_base, const Tensor& probe_row_size,
                              const Tensor& probe_keys, c10::string_view pooling, c10::string_view combine,
@@ -260,7 +340,7 @@ Tensor mux_embedding_bag_cpu(const Tensor& weight, const Tensor& values, const T
   const Problem p = check_problem("mux_embedding_bag", weight, values, offsets, probe_offsets, probe_row_base,
                                   probe_row_size, probe_keys, std::string(pooling), std::string(combine),
                                   per_sample_weights);
-  return forward_acc_cpu(p, weight).to(weight.scalar_type());
+  return in_weight_dtype(forward_acc_cpu(p, weight), weight);
 }
 
 // Stable LSD radix sort of keys (and their values, when vals is not null) by key bits
@@ -303,6 +383,73 @@ void radix_sort(uint64_t*& keys, uint64_t*& vals, uint64_t* keys_tmp, uint64_t* 
   }
 }
 
+// Stable sort of keys by key bits [lo_bit, lo_bit + bits) in two sweeps over memory: one scatter by
+// the top digit (up to 8 bits, chunked as radix_sort), then each top bucket (about n / 256 keys,
+// cache resident) is finished on its own by LSD passes of up to 8 bits. radix_sort sweeps the whole
+// array twice per 8-bit digit. Bucket work is independent and the chunks are fixed, so the result
+// is the one stable order for any thread count. The result is left in keys (pointers may swap).
+void radix_sort_msd(uint64_t*& keys, uint64_t*& tmp, int64_t n, int lo_bit, int bits) {
+  if (bits == 0 || n <= 1) return;
+  constexpr int kDigitBits = 8;
+  constexpr int64_t kChunk = 1 << 15;
+  const int top_bits = std::min(bits, kDigitBits), top_shift = lo_bit + bits - top_bits;
+  const int64_t nb = int64_t(1) << top_bits, top_mask = nb - 1;
+  const int64_t chunks = (n + kChunk - 1) / kChunk;
+  std::vector<int64_t> hist(size_t(chunks * nb), 0), bucket_start(size_t(nb + 1), 0);
+  uint64_t *src = keys, *dst = tmp;
+  at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
+    for (int64_t c = c0; c < c1; ++c) {
+      int64_t* h = &hist[size_t(c * nb)];
+      for (int64_t j = c * kChunk, e = std::min(n, (c + 1) * kChunk); j < e; ++j) ++h[(src[j] >> top_shift) & top_mask];
+    }
+  });
+  int64_t run = 0;
+  for (int64_t d = 0; d < nb; ++d) {
+    bucket_start[size_t(d)] = run;
+    for (int64_t c = 0; c < chunks; ++c) {
+      const int64_t cnt = hist[size_t(c * nb + d)];
+      hist[size_t(c * nb + d)] = run;
+      run += cnt;
+    }
+  }
+  bucket_start[size_t(nb)] = n;
+  at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
+    for (int64_t c = c0; c < c1; ++c) {
+      int64_t* h = &hist[size_t(c * nb)];
+      for (int64_t j = c * kChunk, e = std::min(n, (c + 1) * kChunk); j < e; ++j)
+        dst[h[(src[j] >> top_shift) & top_mask]++] = src[j];
+    }
+  });
+  const int low_bits = bits - top_bits;
+  const int passes = (low_bits + kDigitBits - 1) / kDigitBits;
+  if (passes > 0) {
+    const int pass_bits = (low_bits + passes - 1) / passes;
+    at::parallel_for(0, nb, 4, [&](int64_t d0, int64_t d1) {
+      int64_t cnt[1 << kDigitBits];
+      for (int64_t d = d0; d < d1; ++d) {
+        const int64_t s = bucket_start[size_t(d)], e = bucket_start[size_t(d + 1)];
+        uint64_t *from = dst + s, *to = src + s;
+        for (int q = 0; q < passes; ++q) {
+          const int shift = lo_bit + q * pass_bits, db = std::min(pass_bits, low_bits - q * pass_bits);
+          const uint64_t mask = (uint64_t(1) << db) - 1;
+          std::fill(cnt, cnt + (int64_t(1) << db), 0);
+          for (int64_t j = 0; j < e - s; ++j) ++cnt[(from[j] >> shift) & mask];
+          int64_t r = 0;
+          for (int64_t v = 0; v < (int64_t(1) << db); ++v) {
+            const int64_t c = cnt[v];
+            cnt[v] = r;
+            r += c;
+          }
+          for (int64_t j = 0; j < e - s; ++j) to[cnt[(from[j] >> shift) & mask]++] = from[j];
+          std::swap(from, to);
+        }
+      }
+    });
+  }
+  // After the top scatter the keys sit in dst; each bucket pass moves them between dst and src.
+  if (passes % 2 == 0) std::swap(keys, tmp);
+}
+
 int bit_width(uint64_t x) { return x == 0 ? 0 : 64 - __builtin_clzll(x); }
 
 enum class BackwardOut { Dense, Sparse, Sgd, RowwiseAdagrad };
@@ -338,20 +485,26 @@ std::vector<Tensor> backward_cpu(const char* op, BackwardOut kind, const Tensor&
   const MuxLayout L = layout_of(p);
 
   // Per value: the grad row it reads and its scale (1, its per-sample weight, or 1 / bag length).
-  Tensor slot_row = at::empty({N}, opts.dtype(at::kLong)), scale = at::empty({N}, opts.dtype(acc));
-  int64_t* sr = slot_row.data_ptr<int64_t>();
+  // With unit scales (sum pooling without per-sample weights, or pooling none) the pair code names
+  // the grad row directly, (grad row << probe_bits) | g, and the reduce needs no per-value lookups.
+  // The pairs keep their (value, probe) positions and the sort is stable, so each row is still
+  // summed in (value, probe) order whatever the code holds.
+  const bool direct = !p.psw.defined() && p.pooling != kPoolMean;
+  Tensor slot_row = cpu_empty({direct ? 0 : N}, opts.dtype(at::kLong)), scale = cpu_empty({direct ? 0 : N}, opts.dtype(acc));
+  int64_t* sr = direct ? nullptr : slot_row.data_ptr<int64_t>();
   // When row bits + code bits fit in 64, each pair is one word (row << code_bits | code): the sort
   // moves half the bytes. Otherwise rows and codes are separate arrays.
   const int row_bits = bit_width(uint64_t(p.M - 1));
-  const int code_bits = N == 0 ? gbits : bit_width(uint64_t(N - 1)) + gbits;
+  const int64_t code_rows = p.pooling == kPoolNone || !direct ? N : B;
+  const int code_bits = code_rows == 0 ? gbits : bit_width(uint64_t(code_rows - 1)) + gbits;
   const bool packed = row_bits + code_bits <= 64;
   const int rshift = packed ? code_bits : 0;
   const uint64_t cmask = packed ? (code_bits == 64 ? ~uint64_t(0) : (uint64_t(1) << code_bits) - 1) : ~uint64_t(0);
-  Tensor keys = at::empty({P}, opts.dtype(at::kLong)), codes = at::empty({packed ? 0 : P}, opts.dtype(at::kLong));
+  Tensor keys = cpu_empty({P}, opts.dtype(at::kLong)), codes = cpu_empty({packed ? 0 : P}, opts.dtype(at::kLong));
   uint64_t* kp = reinterpret_cast<uint64_t*>(keys.data_ptr<int64_t>());
   uint64_t* cp = packed ? nullptr : reinterpret_cast<uint64_t*>(codes.data_ptr<int64_t>());
   AT_DISPATCH_FLOATING_TYPES(acc, "mux_embedding_bag_backward", [&] {
-    scalar_t* sc = scale.data_ptr<scalar_t>();
+    scalar_t* sc = direct ? nullptr : scale.data_ptr<scalar_t>();
     const scalar_t* psw = p.psw.defined() ? p.psw.data_ptr<scalar_t>() : nullptr;
     at::parallel_for(0, F * B, 64, [&](int64_t j0, int64_t j1) {
       for (int64_t j = j0; j < j1; ++j) {
@@ -359,14 +512,18 @@ std::vector<Tensor> backward_cpu(const char* op, BackwardOut kind, const Tensor&
         const scalar_t inv = e > s ? scalar_t(1) / scalar_t(e - s) : scalar_t(0);
         const int64_t P_f = po[f + 1] - po[f];
         for (int64_t i = s; i < e; ++i) {
-          sr[i] = p.pooling == kPoolNone ? i : b;
-          sc[i] = psw ? psw[i] : (p.pooling == kPoolMean ? inv : scalar_t(1));
+          const int64_t slot = p.pooling == kPoolNone ? i : b;
+          if (!direct) {
+            sr[i] = slot;
+            sc[i] = psw ? psw[i] : (p.pooling == kPoolMean ? inv : scalar_t(1));
+          }
           const uint64_t pm = mix64(value_bits(L, i));
           const int64_t at0 = pair_base[size_t(f)] + (i - o[f * B]) * P_f;
+          const uint64_t hi = uint64_t(direct ? slot : i) << gbits;
           for (int64_t q = 0; q < P_f; ++q) {
             const int64_t gg = po[f] + q;
             const uint64_t row = uint64_t(probe_row(pm, L.keys[gg], L.row_base[gg], L.row_size[gg]));
-            const uint64_t code = (uint64_t(i) << gbits) | uint64_t(gg);
+            const uint64_t code = hi | uint64_t(gg);
             if (packed) {
               kp[at0 + q] = (row << rshift) | code;
             } else {
@@ -384,11 +541,45 @@ std::vector<Tensor> backward_cpu(const char* op, BackwardOut kind, const Tensor&
       g_col[size_t(gg)] = p.combine == kCombineSum ? 0 : (p.pooling == kPoolNone ? (gg - po[f]) * D : gg * D);
 
   // Sort pairs by row (stable: codes stay ascending inside a row).
-  Tensor keys_tmp = at::empty({P}, opts.dtype(at::kLong)), codes_tmp = at::empty({packed ? 0 : P}, opts.dtype(at::kLong));
+  Tensor keys_tmp = cpu_empty({P}, opts.dtype(at::kLong)), codes_tmp = cpu_empty({packed ? 0 : P}, opts.dtype(at::kLong));
   uint64_t *ks = kp, *cs = cp;
-  radix_sort(ks, cs, reinterpret_cast<uint64_t*>(keys_tmp.data_ptr<int64_t>()),
-             packed ? nullptr : reinterpret_cast<uint64_t*>(codes_tmp.data_ptr<int64_t>()), P, rshift, row_bits);
+  if (packed) {
+    uint64_t* kt = reinterpret_cast<uint64_t*>(keys_tmp.data_ptr<int64_t>());
+    radix_sort_msd(ks, kt, P, rshift, row_bits);
+  } else {
+    radix_sort(ks, cs, reinterpret_cast<uint64_t*>(keys_tmp.data_ptr<int64_t>()),
+               reinterpret_cast<uint64_t*>(codes_tmp.data_ptr<int64_t>()), P, rshift, row_bits);
+  }
   if (packed) cs = ks;
+
+  const CpuKernels k = pick_kernels();
+  const bool in_place = kind == BackwardOut::Sgd || kind == BackwardOut::RowwiseAdagrad;
+  if (in_place) {
+    // The in-place optimizers need no unique-row list: each task walks a range of the sorted pairs
+    // and owns the rows that start in it (the kernel finds the boundaries).
+    TORCH_CHECK_VALUE(weight.is_contiguous(), op, ": weight must be contiguous to be updated in place");
+    BackwardArgs a;
+    a.rows = ks;
+    a.codes = cs;
+    a.row_shift = rshift;
+    a.code_mask = cmask;
+    a.num_pairs = P;
+    a.probe_bits = gbits;
+    a.dim = D;
+    a.grad = g.data_ptr();
+    a.grad_stride = g.size(1);
+    a.g_col = g_col.data();
+    a.slot_row = sr;
+    a.scale = direct ? nullptr : scale.data_ptr();
+    a.wtype = p.wtype;
+    a.lr = lr;
+    a.eps = eps;
+    a.weight = weight.data_ptr();
+    a.mode = kind == BackwardOut::Sgd ? kSgd : kRowwiseAdagrad;
+    if (kind == BackwardOut::RowwiseAdagrad) a.momentum = momentum.data_ptr();
+    at::parallel_for(0, P, 64, [&](int64_t p0, int64_t p1) { k.backward(a, p0, p1); });
+    return {};
+  }
 
   // Unique rows: segment starts by a chunked count + scan (fixed chunks: thread-count independent).
   constexpr int64_t kChunk = 1 << 15;
@@ -403,7 +594,7 @@ std::vector<Tensor> backward_cpu(const char* op, BackwardOut kind, const Tensor&
   });
   for (int64_t c = 0; c < chunks; ++c) chunk_count[size_t(c + 1)] += chunk_count[size_t(c)];
   const int64_t U = chunk_count[size_t(chunks)];
-  Tensor seg_start = at::empty({U + 1}, opts.dtype(at::kLong));
+  Tensor seg_start = cpu_empty({U + 1}, opts.dtype(at::kLong));
   int64_t* ss = seg_start.data_ptr<int64_t>();
   at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
     for (int64_t c = c0; c < c1; ++c) {
@@ -426,30 +617,24 @@ std::vector<Tensor> backward_cpu(const char* op, BackwardOut kind, const Tensor&
   a.grad_stride = g.size(1);
   a.g_col = g_col.data();
   a.slot_row = sr;
-  a.scale = scale.data_ptr();
+  a.scale = direct ? nullptr : scale.data_ptr();
   a.wtype = p.wtype;
   a.lr = lr;
   a.eps = eps;
   if (kind == BackwardOut::Sparse) {
-    sparse_vals = at::empty({U, D}, opts.dtype(acc));
+    sparse_vals = cpu_empty({U, D}, opts.dtype(acc));
     a.mode = kWriteRow;
     a.out = sparse_vals.data_ptr();
   } else if (kind == BackwardOut::Dense) {
     a.mode = kWriteRow;
     a.out = dense.data_ptr();
     a.out_by_row = true;
-  } else {
-    TORCH_CHECK_VALUE(weight.is_contiguous(), op, ": weight must be contiguous to be updated in place");
-    a.weight = weight.data_ptr();
-    a.mode = kind == BackwardOut::Sgd ? kSgd : kRowwiseAdagrad;
-    if (kind == BackwardOut::RowwiseAdagrad) a.momentum = momentum.data_ptr();
   }
-  const CpuKernels k = pick_kernels();
   // Unique rows are disjoint, so tasks never touch the same row; each row is summed in pair order.
   at::parallel_for(0, U, 32, [&](int64_t u0, int64_t u1) { k.backward(a, u0, u1); });
 
   if (kind == BackwardOut::Sparse) {
-    sparse_rows = at::empty({U}, opts.dtype(at::kLong));
+    sparse_rows = cpu_empty({U}, opts.dtype(at::kLong));
     int64_t* rp = sparse_rows.data_ptr<int64_t>();
     at::parallel_for(0, U, 4096, [&](int64_t u0, int64_t u1) {
       for (int64_t u = u0; u < u1; ++u) rp[u] = int64_t(ks[ss[u]] >> rshift);
@@ -538,7 +723,7 @@ Tensor fused_forward_cpu(const Tensor& weight, const Tensor& momentum, EMBKERN_E
                     ": optimizer must be 'sgd' or 'rowwise_adagrad', got '", std::string(optimizer), "'");
   check_lr_eps(lr, eps, op);
   if (optimizer == "rowwise_adagrad") check_momentum(momentum, weight, p.wtype, op);
-  return forward_acc_cpu(p, weight).to(weight.scalar_type());
+  return in_weight_dtype(forward_acc_cpu(p, weight), weight);
 }
 
 // ---- CUDA ----------------------------------------------------------------------------------------
