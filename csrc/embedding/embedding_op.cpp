@@ -8,7 +8,6 @@
 #include <cstdlib>
 #include <list>
 #include <mutex>
-#include <cstdlib>
 #include <string>
 #include <vector>
 
