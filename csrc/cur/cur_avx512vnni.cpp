@@ -210,18 +210,24 @@ class VnniHook {
       std::fill(sn, sn + nvec * 16, 1.0f);
       std::fill(inv, inv + nvec * 16, 1.0f);
     }
-    float* sum = col(kColSum128);  // per-column sums while packing (as float: exact integers)
-    float* q2 = col(kBoundA);
+    // Per column while packing: sum_j q and sum_j q^2 (int32, exact; int8 E: q^2 summed in float,
+    // exact too), sum_j (e - sn q)^2 (float). (0.0f and int 0 have the same bits.)
+    int32_t* sum = reinterpret_cast<int32_t*>(col(kColSum128));
+    int32_t* q2 = reinterpret_cast<int32_t*>(col(kBoundA));
     float* d2 = col(kBoundB);
-    std::fill(sum, sum + nvec * 16, 0.0f);
-    std::fill(q2, q2 + nvec * 16, 0.0f);
+    std::fill(sum, sum + nvec * 16, 0);
+    std::fill(q2, q2 + nvec * 16, 0);
     std::fill(d2, d2 + nvec * 16, 0.0f);
-    const __m512i lo8 = _mm512_set1_epi32(0xff);
+    const __m512i ones = _mm512_set1_epi8(1);
+    // after the two saturating packs a 128-bit lane holds rows 0..3 of its 4 columns, row-major;
+    // this byte shuffle makes each dword one column's 4 rows (row 4g in the low byte)
+    const __m512i to_columns = _mm512_set4_epi32(0x0f0b0703, 0x0e0a0602, 0x0d090501, 0x0c080400);
     for (int64_t g = 0; g < r4_; ++g)
       for (int64_t v = 0; v < nvec; ++v) {
         const __mmask16 valid = lanes_left(ncols - v * 16);
         const __m512 iv = _mm512_loadu_ps(inv + v * 16), s16 = _mm512_loadu_ps(sn + v * 16);
-        __m512 vs = _mm512_loadu_ps(sum + v * 16), vq = _mm512_loadu_ps(q2 + v * 16), vd = _mm512_loadu_ps(d2 + v * 16);
+        __m512i vs = _mm512_loadu_si512(sum + v * 16), vq = _mm512_loadu_si512(q2 + v * 16);
+        __m512 vd = _mm512_loadu_ps(d2 + v * 16);
         __m512i q[4];
         for (int i = 0; i < 4; ++i) {
           const int64_t j = 4 * g + i;
@@ -230,32 +236,39 @@ class VnniHook {
             continue;
           }
           const __m512 x = load_row(j, col0 + v * 16, valid);
-          __m512 qf = x;  // int8 E: already integers
           if constexpr (ET != kI8) {
-            qf = _mm512_roundscale_ps(_mm512_mul_ps(x, iv), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+            const __m512 qf = _mm512_roundscale_ps(_mm512_mul_ps(x, iv), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
             const __m512 d = _mm512_fnmadd_ps(s16, qf, x);  // e - sn q, one rounding
             vd = _mm512_fmadd_ps(d, d, vd);
+            q[i] = _mm512_cvtps_epi32(qf);
+          } else {
+            q[i] = _mm512_cvtps_epi32(x);  // int8 E: already integers
+            // q = -128 is no s8 |q|: square in float instead (exact below 2^24), kept in vq's bits
+            vq = _mm512_castps_si512(_mm512_fmadd_ps(x, x, _mm512_castsi512_ps(vq)));
           }
-          vs = _mm512_add_ps(vs, qf);      // exact: integers below 2^24
-          vq = _mm512_fmadd_ps(qf, qf, vq);  // exact: r * 128^2 < 2^24
-          q[i] = _mm512_cvtps_epi32(qf);
         }
-        _mm512_storeu_ps(sum + v * 16, vs);
-        _mm512_storeu_ps(q2 + v * 16, vq);
+        const __m512i word = _mm512_shuffle_epi8(
+            _mm512_packs_epi16(_mm512_packs_epi32(q[0], q[1]), _mm512_packs_epi32(q[2], q[3])), to_columns);
+        vs = _mm512_dpbusd_epi32(vs, ones, word);
+        if constexpr (ET != kI8) {  // |q| <= 127 is a valid s8 too: sum |q| |q| = sum q^2
+          const __m512i a = _mm512_abs_epi8(word);
+          vq = _mm512_dpbusd_epi32(vq, a, a);
+        }
+        _mm512_storeu_si512(sum + v * 16, vs);
+        _mm512_storeu_si512(q2 + v * 16, vq);
         _mm512_storeu_ps(d2 + v * 16, vd);
-        const __m512i word = _mm512_or_si512(
-            _mm512_or_si512(_mm512_and_si512(q[0], lo8), _mm512_slli_epi32(_mm512_and_si512(q[1], lo8), 8)),
-            _mm512_or_si512(_mm512_slli_epi32(_mm512_and_si512(q[2], lo8), 16), _mm512_slli_epi32(q[3], 24)));
         _mm512_store_si512(q8_.get() + (((v / 2) * r4_ + g) * 2 + v % 2) * 64, word);
       }
-    // d's rounding (u relative) and the float sums of r squares (gamma_r) are far inside the 1% slack.
+    // d's rounding (u relative) and the float sum of r squares (gamma_r) are far inside the 1% slack;
+    // sum q^2 < r * 128^2 < 2^24 converts exactly.
     const __m512 chain = _mm512_set1_ps(float(r_ + 8) * 0x1p-23f), slack = _mm512_set1_ps(1.01f);
     for (int64_t v = 0; v < nvec; ++v) {
       const __m512 de = _mm512_sqrt_ps(_mm512_loadu_ps(d2 + v * 16));
-      const __m512 qn = _mm512_mul_ps(_mm512_loadu_ps(sn + v * 16), _mm512_sqrt_ps(_mm512_loadu_ps(q2 + v * 16)));
-      const __m512i cs = _mm512_slli_epi32(_mm512_cvtps_epi32(_mm512_loadu_ps(sum + v * 16)), 7);
-      _mm512_storeu_si512(sum + v * 16, cs);  // kColSum128 now holds int32 128 * sum
-      _mm512_storeu_ps(q2 + v * 16, _mm512_fmadd_ps(slack, de, _mm512_mul_ps(chain, _mm512_add_ps(qn, de))));
+      const __m512 qn = _mm512_mul_ps(_mm512_loadu_ps(sn + v * 16),
+                                      _mm512_sqrt_ps(ET == kI8 ? _mm512_loadu_ps(reinterpret_cast<const float*>(q2) + v * 16)
+                                                                : _mm512_cvtepi32_ps(_mm512_loadu_si512(q2 + v * 16))));
+      _mm512_storeu_si512(sum + v * 16, _mm512_slli_epi32(_mm512_loadu_si512(sum + v * 16), 7));  // 128 * sum
+      _mm512_storeu_ps(col(kBoundA) + v * 16, _mm512_fmadd_ps(slack, de, _mm512_mul_ps(chain, _mm512_add_ps(qn, de))));
       _mm512_storeu_ps(d2 + v * 16, _mm512_mul_ps(slack, qn));
     }
     return true;
