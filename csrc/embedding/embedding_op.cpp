@@ -552,27 +552,29 @@ std::vector<Tensor> backward_cpu(const char* op, BackwardOut kind, const Tensor&
   if (packed) cs = ks;
 
   const CpuKernels k = pick_kernels();
+  // What every backward mode reads: the sorted pairs, the gradient and its scales.
+  BackwardArgs base;
+  base.rows = ks;
+  base.codes = cs;
+  base.row_shift = rshift;
+  base.code_mask = cmask;
+  base.probe_bits = gbits;
+  base.dim = D;
+  base.grad = g.data_ptr();
+  base.grad_stride = g.size(1);
+  base.g_col = g_col.data();
+  base.slot_row = sr;
+  base.scale = direct ? nullptr : scale.data_ptr();
+  base.wtype = p.wtype;
+  base.lr = lr;
+  base.eps = eps;
   const bool in_place = kind == BackwardOut::Sgd || kind == BackwardOut::RowwiseAdagrad;
   if (in_place) {
     // The in-place optimizers need no unique-row list: each task walks a range of the sorted pairs
     // and owns the rows that start in it (the kernel finds the boundaries).
     TORCH_CHECK_VALUE(weight.is_contiguous(), op, ": weight must be contiguous to be updated in place");
-    BackwardArgs a;
-    a.rows = ks;
-    a.codes = cs;
-    a.row_shift = rshift;
-    a.code_mask = cmask;
+    BackwardArgs a = base;
     a.num_pairs = P;
-    a.probe_bits = gbits;
-    a.dim = D;
-    a.grad = g.data_ptr();
-    a.grad_stride = g.size(1);
-    a.g_col = g_col.data();
-    a.slot_row = sr;
-    a.scale = direct ? nullptr : scale.data_ptr();
-    a.wtype = p.wtype;
-    a.lr = lr;
-    a.eps = eps;
     a.weight = weight.data_ptr();
     a.mode = kind == BackwardOut::Sgd ? kSgd : kRowwiseAdagrad;
     if (kind == BackwardOut::RowwiseAdagrad) a.momentum = momentum.data_ptr();
@@ -604,22 +606,8 @@ std::vector<Tensor> backward_cpu(const char* op, BackwardOut kind, const Tensor&
   });
   ss[U] = P;
 
-  BackwardArgs a;
-  a.rows = ks;
-  a.codes = cs;
-  a.row_shift = rshift;
-  a.code_mask = cmask;
+  BackwardArgs a = base;
   a.seg_start = ss;
-  a.probe_bits = gbits;
-  a.dim = D;
-  a.grad = g.data_ptr();
-  a.grad_stride = g.size(1);
-  a.g_col = g_col.data();
-  a.slot_row = sr;
-  a.scale = direct ? nullptr : scale.data_ptr();
-  a.wtype = p.wtype;
-  a.lr = lr;
-  a.eps = eps;
   if (kind == BackwardOut::Sparse) {
     sparse_vals = cpu_empty({U, D}, opts.dtype(acc));
     a.mode = kWriteRow;
