@@ -147,6 +147,9 @@ class VnniHook {
       return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(valid, reinterpret_cast<const int8_t*>(E_) + j * ld_ + col)));
     }
   }
+  // Byte offset in q8_ of panel vector v's (16 columns) group g: strip v / 2, half v % 2.
+  int64_t q8_offset(int64_t v, int64_t g) const { return (((v / 2) * r4_ + g) * 2 + v % 2) * 64; }
+
   static __mmask16 lanes_left(int64_t left) {
     return left >= 16 ? __mmask16(0xffff) : left <= 0 ? __mmask16(0) : __mmask16((1u << left) - 1);
   }
@@ -257,7 +260,7 @@ class VnniHook {
         _mm512_storeu_si512(sum + v * 16, vs);
         _mm512_storeu_si512(q2 + v * 16, vq);
         _mm512_storeu_ps(d2 + v * 16, vd);
-        _mm512_store_si512(q8_.get() + (((v / 2) * r4_ + g) * 2 + v % 2) * 64, word);
+        _mm512_store_si512(q8_.get() + q8_offset(v, g), word);
       }
     // d's rounding (u relative) and the float sum of r squares (gamma_r) are far inside the 1% slack;
     // sum q^2 < r * 128^2 < 2^24 converts exactly.
@@ -279,7 +282,7 @@ class VnniHook {
   // so a bar read before the panel's offers is safe). Queues candidates; returns their number.
   template <int MB>
   int64_t tile(int64_t s, int64_t q0, int64_t col0, int64_t per_group, PanelPrefetcher& pf) {
-    const uint8_t* e = q8_.get() + s * r4_ * 128;
+    const uint8_t* e = q8_.get() + q8_offset(2 * s, 0);  // groups 128 bytes apart, halves 64
     const uint32_t* cu = cu_.data() + q0 * r4_;
     // The instruction's own element type: __m512i (64-bit elements) views keep GCC from holding
     // the array in registers.
@@ -308,7 +311,7 @@ class VnniHook {
 #pragma GCC unroll 2
     for (int h = 0; h < 2; ++h) {
       const int64_t left = t_.col_end - (col0 + c0 + h * 16);
-      const uint32_t valid = left <= 0 ? 0u : left >= 16 ? 0xffffu : uint32_t((1u << left) - 1);
+      const uint32_t valid = lanes_left(left);
       const __m512i cs = _mm512_loadu_si512(reinterpret_cast<const int32_t*>(col(kColSum128)) + c0 + h * 16);
       const __m512 ba = _mm512_loadu_ps(col(kBoundA) + c0 + h * 16);
       const __m512 bb = _mm512_loadu_ps(col(kBoundB) + c0 + h * 16);
@@ -359,7 +362,7 @@ class VnniHook {
         qi[i] = cand_q_[k] * int32_t(r_);
         ci[i] = c;
         if constexpr (ET == kI8) {
-          ei[i] = (c / 32) * int32_t(r4_) * 128 + ((c / 16) % 2) * 64 + (c % 16) * 4;
+          ei[i] = int32_t(q8_offset(c / 16, 0) + (c % 16) * 4);  // + g * 128 per group below
         } else if constexpr (ET == kBF16) {
           // 32 bits holding the element and a neighbour inside the same row (never past E's end)
           ei[i] = int32_t(gcol >= 1 ? gcol - 1 : 0);

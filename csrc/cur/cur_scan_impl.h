@@ -189,6 +189,10 @@ inline void dispatch_rows(int64_t mb, F&& body) {
   }
 }
 
+// Bytes per element of E's storage type.
+template <int ET>
+constexpr int64_t kElemBytes = ET == kF32 ? 4 : ET == kBF16 ? 2 : 1;
+
 template <class V, int ET>
 inline typename V::Vec load_e_vec(const void* E, int64_t idx) {
   if constexpr (ET == kBF16)
@@ -209,7 +213,7 @@ template <class V, int ET, int NQ>
 void scan_direct(const TileCtx& t, const void* E, const float* scales, int64_t ld, int64_t col_begin) {
   using Vec = typename V::Vec;
   constexpr int64_t L = V::kLanes;
-  constexpr int64_t kLine = 64 / (ET == kF32 ? 4 : ET == kBF16 ? 2 : 1);  // elements per cache line
+  constexpr int64_t kLine = 64 / kElemBytes<ET>;  // elements per cache line
   const int64_t r = t.r;
   alignas(64) float acc[NQ][kDirectCols];
   for (int64_t col = col_begin; col < t.col_end; col += kDirectCols) {
@@ -230,7 +234,7 @@ void scan_direct(const TileCtx& t, const void* E, const float* scales, int64_t l
         if (pf && (v * L) % kLine == 0)
 #pragma GCC unroll 4
           for (int i = 0; i < 4; ++i)
-            __builtin_prefetch(static_cast<const char*>(E) + (off + (4 + i) * ld) * (ET == kF32 ? 4 : ET == kBF16 ? 2 : 1));
+            __builtin_prefetch(static_cast<const char*>(E) + (off + (4 + i) * ld) * kElemBytes<ET>);
         const Vec e0 = load_e_vec<V, ET>(E, off), e1 = load_e_vec<V, ET>(E, off + ld);
         const Vec e2 = load_e_vec<V, ET>(E, off + 2 * ld), e3 = load_e_vec<V, ET>(E, off + 3 * ld);
 #pragma GCC unroll 4
@@ -316,14 +320,13 @@ void scan_typed(EMBKERN_CUR_SCAN_ARGS) {
     for (int64_t b = 0; b < mb; ++b)
       for (int64_t j = 0; j < r; ++j) ct[q0 * r + j * mb + b] = C[(q0 + b) * r + j];
   }
-  constexpr int64_t esize = ET == kF32 ? 4 : ET == kBF16 ? 2 : 1;
   PanelPrefetcher pf;
   Hook hook(t, nq, r, rows_per_tile, nb, E, ld, scales);
 
   for (int64_t p = col_begin; p < col_end; p += nb) {
     const int64_t ncols = std::min(nb, col_end - p);
     const int64_t nstrips = (ncols + SW - 1) / SW;
-    pf.start(E, esize, ld, r, p + ncols, std::min(nb, col_end - p - ncols), nstrips * tiles);
+    pf.start(E, kElemBytes<ET>, ld, r, p + ncols, std::min(nb, col_end - p - ncols), nstrips * tiles);
     if (hook.run_panel(p, ncols, pf)) continue;
     pack_panel<V, ET>(E, ld, r, p, ncols, panel.get());
     const float* sc = nullptr;
