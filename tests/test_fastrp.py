@@ -339,6 +339,41 @@ def test_fastrp_equals_its_csr_spmm_composition(isa, normalize, weights):
     np.testing.assert_array_equal(got.numpy(), out.numpy())
 
 
+@pytest.mark.parametrize("normalize", ["merge", "propagate", "none"])
+@pytest.mark.parametrize("weights", [[0.0, 0.5, 2.0], [0.0, 0.0, 1.0, 6.67], [0.7, 1.5], [0.0, 1.0, 0.5, 2.0]])
+def test_fastrp_bfloat16_equals_its_csr_spmm_composition(isa, normalize, weights):
+    """bf16 storage: every iterate is rounded to bf16 and the next one gathers it. A term is taken from
+    the fp32 iterate, except the pending one of the two-buffer schedule (no self term, first weighted
+    iteration second to last), which the last iteration reads back from its stored bf16 iterate.
+    Bit for bit against that composition of csr_spmm calls (an identity CSR normalizes a stored
+    iterate with the kernel's own row norm)."""
+    rng = np.random.default_rng(41)
+    n = 150
+    a = undirected_graph(rng, n, 500, weighted=True)
+    ip, ix = torch.from_numpy(a.indptr.astype(np.int64)), torch.from_numpy(a.indices.astype(np.int64))
+    w = torch.from_numpy(a.data)
+    deg = torch.from_numpy(np.add.reduceat(a.data.astype(np.float64), a.indptr[:-1]) * (np.diff(a.indptr) > 0))
+    inv_deg = torch.where(deg > 0, 1.0 / deg, torch.zeros_like(deg)).float()
+    eye = torch.arange(n + 1), torch.arange(n)
+    x = torch.from_numpy(embkern.fastrp_projection(np.arange(n), 24, 3.0, 6)).bfloat16()
+    nz = [i for i, wt in enumerate(weights) if wt != 0]
+    pending = nz[0] == len(weights) - 2 and nz[0] >= 1  # the CPU pipeline's two-buffer schedule
+    term_norm = normalize != "none"
+    out = None
+    for i, wt in enumerate(weights):
+        v = embkern.csr_spmm(ip, ix, w, x, inv_deg, normalize=normalize == "propagate")
+        x_next = v.bfloat16()
+        if wt != 0 and pending and i == nz[0]:
+            out = torch.mul(embkern.csr_spmm(*eye, None, x_next, normalize=normalize == "merge"), wt)
+        elif wt != 0 and out is None:
+            out = torch.mul(embkern.csr_spmm(ip, ix, w, x, inv_deg, normalize=term_norm), wt)
+        elif wt != 0:
+            embkern.csr_spmm(ip, ix, w, x, inv_deg, normalize=term_norm, out=out, alpha=wt)
+        x = x_next
+    got = embkern.fastrp((ip, ix, w), 24, weights, seed=6, normalize=normalize, dtype=torch.bfloat16)
+    np.testing.assert_array_equal(got.numpy(), out.numpy())
+
+
 def test_fastrp_all_isas_bitwise_identical():
     rng = np.random.default_rng(11)
     a = undirected_graph(rng, 300, 1500, weighted=True)
@@ -479,6 +514,7 @@ def test_fastrp_bad_inputs():
             embkern.fastrp((ip, ix, wb), 4, [1.0])
     with pytest.raises(ValueError, match=r"dim must be > 0, got 0"):
         embkern.fastrp(ok, 0, [1.0])
+
     with pytest.raises(ValueError, match=r"iteration_weights has no non-zero entry .* self_weight is 0"):
         embkern.fastrp(ok, 4, [])
     with pytest.raises(ValueError, match=r"iteration_weights has no non-zero entry"):
@@ -511,6 +547,35 @@ def test_fastrp_bad_inputs():
         embkern.fastrp(np.ones((3, 3)), 4, [1.0])
     with pytest.raises(TypeError, match=r"seed must be an int"):
         embkern.fastrp(ok, 4, [1.0], seed=1.5)
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_fastrp_bad_inputs_report_the_first_offender_of_a_large_graph(threads):
+    """The checks scan blocks of entries in parallel; with several offenders far apart (other
+    blocks, other threads) the error still names the first one."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        n, nnz = 5000, 100_000
+        rng = np.random.default_rng(14)
+        ip = np.linspace(0, nnz, n + 1).astype(np.int64)
+        ix = rng.integers(0, n, nnz)
+        w = np.ones(nnz, dtype=np.float32)
+        embkern.fastrp((ip, ix, w), 8, [1.0])
+        bad_ix = ix.copy()
+        bad_ix[[97_000, 41_000, 8_195]] = [n, -3, n + 7]
+        with pytest.raises(IndexError, match=rf"got indices\[8195\] = {n + 7}"):
+            embkern.fastrp((ip, bad_ix, w), 8, [1.0])
+        bad_w = w.copy()
+        bad_w[[99_999, 60_000, 4_096]] = [np.nan, -1.0, np.inf]
+        with pytest.raises(ValueError, match=r"got weights\[4096\] = inf"):
+            embkern.fastrp((ip, ix, bad_w), 8, [1.0])
+        bad_ip = ip.copy()
+        bad_ip[[4_500, 4_200]] -= 40  # indptr[4200] < indptr[4199] first
+        with pytest.raises(ValueError, match=r"got indptr\[4200\] = \d+ < indptr\[4199\]"):
+            embkern.fastrp((bad_ip, ix, w), 8, [1.0])
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_csr_spmm_bad_inputs():

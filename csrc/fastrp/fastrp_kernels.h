@@ -6,9 +6,9 @@
 //   y[r]   = y_normalize   ? v / ||v|| : v          (stored as fp32 or bf16, round to nearest even)
 //   acc[r] = acc[r] + acc_weight * (acc_normalize ? v / ||v|| : v)     (fp32; acc_overwrite drops acc[r] +)
 // With acc_src (CPU only) acc[r] is first overwritten with
-//   acc_src_weight * (acc_src_normalize ? s / ||s|| : s),  s = acc_src[r]
-// (the pending term of an earlier iterate stored in another buffer; the same bits as if that term
-// had been written to acc by its own iteration with acc_overwrite).
+//   acc_src_weight * (acc_src_normalize ? s / ||s|| : s),  s = acc_src[r]  (fp32, or bf16 widened exactly)
+// (the pending term of an earlier iterate, as stored in another buffer; in fp32 the same bits as if
+// that term had been written to acc by its own iteration with acc_overwrite).
 // A zero row normalizes to zero. The result of a row never depends on how rows are split among
 // threads.
 //
@@ -42,7 +42,8 @@ struct SpmmArgs {
   float acc_weight;
   bool acc_normalize;
   bool acc_overwrite;      // acc = acc_weight * ... (no read of acc)
-  const float* acc_src;    // [rows, d] or nullptr (see above; never the same memory as acc or x)
+  const void* acc_src;     // [rows, d] fp32 or bf16, or nullptr (see above; never the same memory as acc or x)
+  bool acc_src_bf16;
   float acc_src_weight;
   bool acc_src_normalize;
   const uint16_t* x_codes; // [*, 2 * code_words] or nullptr (see above; x is then unused)

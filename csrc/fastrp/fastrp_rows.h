@@ -36,8 +36,8 @@ inline float inv_norm(const float* v, int64_t d) {
 // The fused epilogue of one row: v (d floats, already row-scaled) -> y, acc. `overwrite_acc`
 // writes acc instead of adding to it (initialization).
 inline void row_epilogue(const float* v, int64_t d, int64_t row, void* y, bool y_bf16, bool y_normalize, float* acc,
-                         float acc_weight, bool acc_normalize, bool overwrite_acc, const float* acc_src = nullptr,
-                         float acc_src_weight = 0.f, bool acc_src_normalize = false) {
+                         float acc_weight, bool acc_normalize, bool overwrite_acc, const void* acc_src = nullptr,
+                         bool acc_src_bf16 = false, float acc_src_weight = 0.f, bool acc_src_normalize = false) {
   const bool need_norm = (y && y_normalize) || (acc && acc_normalize);
   const float inv = need_norm ? inv_norm(v, d) : 1.f;
   if (y) {
@@ -59,7 +59,12 @@ inline void row_epilogue(const float* v, int64_t d, int64_t row, void* y, bool y
   if (acc) {
     float* ar = acc + row * d;
     if (acc_src) {  // acc[r] = the pending term of acc_src, exactly as its own overwrite would have made it
-      const float* sr = acc_src + row * d;
+      const float* sr = static_cast<const float*>(acc_src) + row * d;
+      if (acc_src_bf16) {  // widened into acc's row first (exact), then scaled in place: the same bits
+        const uint16_t* br = static_cast<const uint16_t*>(acc_src) + row * d;
+        for (int64_t c = 0; c < d; ++c) ar[c] = bf16_to_f32(br[c]);
+        sr = ar;
+      }
       if (acc_src_normalize) {
         const float sinv = inv_norm(sr, d);
         for (int64_t c = 0; c < d; ++c) ar[c] = acc_src_weight * (sr[c] * sinv);
