@@ -37,33 +37,27 @@ void gather_block(const SpmmArgs& a, int64_t jb, int64_t je, int64_t c0, float* 
   for (int i = 0; i < NV; ++i) _mm256_storeu_ps(v + c0 + 8 * i, acc[i]);
 }
 
-// Coded rows (SpmmArgs::x_codes): 8 bits of a sign word spread over 8 lanes by AND + compare.
+// Coded rows (SpmmArgs::x_codes): per 8 columns one broadcast word, a variable shift and a permute
+// of the row's table {0, +v, -v, 0} (3 index bits: the table is repeated twice), as on AVX-512.
 template <int NV>
 void gather_block_codes(const SpmmArgs& a, int64_t jb, int64_t je, int64_t c0, float* v) {
   __m256 acc[NV];
   for (int i = 0; i < NV; ++i) acc[i] = _mm256_setzero_ps();
-  const int64_t cw = a.code_words;
-  const __m256i lane_bit = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
+  const int64_t stride = a.code_stride;
+  const __m256i shifts = _mm256_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14);
+  const __m256i mag = _mm256_setr_epi32(0, -1, -1, 0, 0, -1, -1, 0);
+  const __m256i sign = _mm256_setr_epi32(0, 0, int32_t(0x80000000u), 0, 0, 0, int32_t(0x80000000u), 0);
   for (int64_t j = jb; j < je; ++j) {
-    if (j + kPrefetch < a.nnz) {
-      const int64_t pf = a.indices[j + kPrefetch];
-      _mm_prefetch(reinterpret_cast<const char*>(a.x_codes + pf * 2 * cw + c0 / 16), _MM_HINT_T0);
-      _mm_prefetch(reinterpret_cast<const char*>(a.x_vals + pf), _MM_HINT_T0);
-    }
-    const int64_t src = a.indices[j];
-    const float val = a.x_vals[src];
+    if (j + kPrefetch < a.nnz)
+      _mm_prefetch(reinterpret_cast<const char*>(a.x_codes + a.indices[j + kPrefetch] * stride + c0 / 16), _MM_HINT_T0);
+    const uint32_t* row = a.x_codes + a.indices[j] * stride;
     const __m256 w = _mm256_set1_ps(a.weights ? a.weights[j] : 1.f);
-    const __m256 pv = _mm256_set1_ps(val), nv = _mm256_set1_ps(-val);
-    const uint16_t* pos = a.x_codes + src * 2 * cw;
+    const __m256i vb = _mm256_set1_epi32(int32_t(row[a.code_words]));
+    const __m256 table = _mm256_castsi256_ps(_mm256_or_si256(_mm256_and_si256(vb, mag), sign));
     for (int i = 0; i < NV; ++i) {
-      const int64_t c = c0 + 8 * i;
-      const int sh = int(c & 15);
-      const __m256i pb = _mm256_set1_epi32((pos[c >> 4] >> sh) & 0xFF);
-      const __m256i nb = _mm256_set1_epi32((pos[cw + (c >> 4)] >> sh) & 0xFF);
-      const __m256 pm = _mm256_castsi256_ps(_mm256_cmpeq_epi32(_mm256_and_si256(pb, lane_bit), lane_bit));
-      const __m256 nm = _mm256_castsi256_ps(_mm256_cmpeq_epi32(_mm256_and_si256(nb, lane_bit), lane_bit));
-      const __m256 x = _mm256_blendv_ps(_mm256_and_ps(pm, pv), nv, nm);
-      acc[i] = _mm256_fmadd_ps(w, x, acc[i]);
+      const int64_t c = c0 + 8 * i;  // 8 columns: half of word c / 16
+      const __m256i word = _mm256_set1_epi32(int32_t(row[c >> 4] >> (2 * (c & 15))));
+      acc[i] = _mm256_fmadd_ps(w, _mm256_permutevar8x32_ps(table, _mm256_srlv_epi32(word, shifts)), acc[i]);
     }
   }
   for (int i = 0; i < NV; ++i) _mm256_storeu_ps(v + c0 + 8 * i, acc[i]);

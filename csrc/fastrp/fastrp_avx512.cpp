@@ -43,29 +43,30 @@ void gather_block(const SpmmArgs& a, int64_t jb, int64_t je, int64_t c0, __mmask
   for (int i = 0; i < NV; ++i) _mm512_mask_storeu_ps(v + c0 + 16 * i, i == NV - 1 ? tail : __mmask16(0xFFFF), acc[i]);
 }
 
-// Coded rows (SpmmArgs::x_codes): each sign word is a lane mask, so a row costs two masked moves
-// per 16 columns and d / 4 bytes of reads (one cache line for d <= 128) instead of 4 d.
+// Coded rows (SpmmArgs::x_codes): per 16 columns one broadcast word, one variable shift that brings
+// each lane's 2-bit field to the bottom, and one permute of the row's table {0, +v, -v, 0} (the
+// permute reads 4 index bits; the two above the field hold the next column's, so the table is
+// repeated 4 times). One record (codes + magnitude) is one cache line. The products are those of
+// the materialized row: fma(w, +-v or +0, acc).
 template <int NV>
 void gather_block_codes(const SpmmArgs& a, int64_t jb, int64_t je, int64_t c0, __mmask16 tail, float* v) {
   __m512 acc[NV];
   for (int i = 0; i < NV; ++i) acc[i] = _mm512_setzero_ps();
-  const int64_t cw = a.code_words, w0 = c0 / 16;
+  const int64_t stride = a.code_stride, w0 = c0 / 16;
+  const __m512i shifts = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+  // table = v & magnitude lanes | sign lanes: lanes 1 mod 4 = +v, 2 mod 4 = -v (v >= +0), others +0
+  const __m512i mag = _mm512_setr_epi32(0, -1, -1, 0, 0, -1, -1, 0, 0, -1, -1, 0, 0, -1, -1, 0);
+  const __m512i sign = _mm512_maskz_mov_epi32(0x4444, _mm512_set1_epi32(int32_t(0x80000000u)));
   for (int64_t j = jb; j < je; ++j) {
-    if (j + kPrefetch < a.nnz) {
-      const int64_t pf = a.indices[j + kPrefetch];
-      _mm_prefetch(reinterpret_cast<const char*>(a.x_codes + pf * 2 * cw + w0), _MM_HINT_T0);
-      _mm_prefetch(reinterpret_cast<const char*>(a.x_codes + pf * 2 * cw + cw + w0), _MM_HINT_T0);
-      _mm_prefetch(reinterpret_cast<const char*>(a.x_vals + pf), _MM_HINT_T0);
-    }
-    const int64_t src = a.indices[j];
-    const float val = a.x_vals[src];
+    if (j + kPrefetch < a.nnz)
+      _mm_prefetch(reinterpret_cast<const char*>(a.x_codes + a.indices[j + kPrefetch] * stride + w0), _MM_HINT_T0);
+    const uint32_t* row = a.x_codes + a.indices[j] * stride;
     const __m512 w = _mm512_set1_ps(a.weights ? a.weights[j] : 1.f);
-    const __m512 pv = _mm512_set1_ps(val), nv = _mm512_set1_ps(-val);
-    const uint16_t* pos = a.x_codes + src * 2 * cw + w0;
-    const uint16_t* neg = pos + cw;
+    const __m512i vb = _mm512_set1_epi32(int32_t(row[a.code_words]));
+    const __m512 table = _mm512_castsi512_ps(_mm512_ternarylogic_epi32(vb, mag, sign, 0xEA));  // (a & b) | c
     for (int i = 0; i < NV; ++i) {
-      const __m512 x = _mm512_mask_mov_ps(_mm512_maskz_mov_ps(__mmask16(pos[i]), pv), __mmask16(neg[i]), nv);
-      acc[i] = _mm512_fmadd_ps(w, x, acc[i]);
+      const __m512i field = _mm512_srlv_epi32(_mm512_set1_epi32(int32_t(row[w0 + i])), shifts);
+      acc[i] = _mm512_fmadd_ps(w, _mm512_permutexvar_ps(field, table), acc[i]);
     }
   }
   for (int i = 0; i < NV; ++i) _mm512_mask_storeu_ps(v + c0 + 16 * i, i == NV - 1 ? tail : __mmask16(0xFFFF), acc[i]);
@@ -121,36 +122,41 @@ void fill_random_avx512(uint64_t row_state, float* v, int64_t n, uint64_t thresh
   for (; c < n; ++c) v[c] = rp_entry(row_state, c, threshold, sqrt_s);
 }
 
-// Sign codes of the same entries: the two compare masks of 8 columns are half a code word each.
-void fill_codes_avx512(uint64_t row_state, uint16_t* pos, uint16_t* neg, int64_t n, uint64_t threshold) {
-  const int64_t n8 = n / 8 * 8;
-  if (n8 < n) {  // the scalar tail ORs into words that must start at zero
-    for (int64_t w = 0; w < (n + 15) / 16; ++w) pos[w] = neg[w] = 0;
+// Sign codes of the same entries: the two compare masks of 8 columns, interleaved bit by bit, are
+// half a word of 2-bit fields.
+struct SpreadTable {  // kSpread.v[x]: bit k of the byte x moved to bit 2k
+  uint16_t v[256];
+  constexpr SpreadTable() : v() {
+    for (int x = 0; x < 256; ++x)
+      for (int k = 0; k < 8; ++k) v[x] = uint16_t(v[x] | (((x >> k) & 1) << (2 * k)));
   }
+};
+constexpr SpreadTable kSpread;
+
+void fill_codes_avx512(uint64_t row_state, uint32_t* words, int64_t n, uint64_t threshold) {
+  const int64_t n8 = n / 8 * 8;
+  for (int64_t w = n8 / 16; w < code_words_of(n); ++w) words[w] = 0;  // words the tail ORs into
   const __m512i gamma8 = _mm512_set1_epi64(int64_t(kGolden * 8));
   const __m512i c1 = _mm512_set1_epi64(int64_t(0xBF58476D1CE4E5B9ull)), c2 = _mm512_set1_epi64(int64_t(0x94D049BB133111EBull));
-  const __m512i t = _mm512_set1_epi64(int64_t(threshold)), ones = _mm512_set1_epi64(-1);
+  const __m512i t = _mm512_set1_epi64(int64_t(threshold)), not_t = _mm512_set1_epi64(int64_t(~threshold));
   __m512i x = _mm512_add_epi64(_mm512_set1_epi64(int64_t(row_state)),
                                _mm512_mullo_epi64(_mm512_setr_epi64(1, 2, 3, 4, 5, 6, 7, 8), _mm512_set1_epi64(int64_t(kGolden))));
   for (int64_t c = 0; c < n8; c += 8, x = _mm512_add_epi64(x, gamma8)) {
     __m512i h = _mm512_mullo_epi64(_mm512_xor_si512(x, _mm512_srli_epi64(x, 30)), c1);
     h = _mm512_mullo_epi64(_mm512_xor_si512(h, _mm512_srli_epi64(h, 27)), c2);
     h = _mm512_xor_si512(h, _mm512_srli_epi64(h, 31));
-    const unsigned is_pos = _mm512_cmplt_epu64_mask(h, t);
-    const unsigned is_neg = _mm512_cmplt_epu64_mask(_mm512_xor_si512(h, ones), t) & ~is_pos;
-    if (c & 8) {
-      pos[c >> 4] = uint16_t(pos[c >> 4] | (is_pos << 8));
-      neg[c >> 4] = uint16_t(neg[c >> 4] | (is_neg << 8));
-    } else {
-      pos[c >> 4] = uint16_t(is_pos);
-      neg[c >> 4] = uint16_t(is_neg);
-    }
+    const uint32_t is_pos = _mm512_cmplt_epu64_mask(h, t);
+    const uint32_t is_neg = _mm512_cmpgt_epu64_mask(h, not_t) & ~is_pos;  // ~h < t  <=>  h > ~t
+    const uint32_t half = uint32_t(kSpread.v[is_pos]) | (uint32_t(kSpread.v[is_neg]) << 1);
+    if (c & 8)
+      words[c >> 4] |= half << 16;
+    else
+      words[c >> 4] = half;
   }
   for (int64_t c = n8; c < n; ++c) {
     const uint64_t h = mix64(row_state + static_cast<uint64_t>(c) * kGolden);
-    const uint16_t bit = uint16_t(1u << (c & 15));
-    if (h < threshold) pos[c >> 4] |= bit;
-    else if (~h < threshold) neg[c >> 4] |= bit;
+    const uint32_t field = h < threshold ? 1u : (~h < threshold ? 2u : 0u);
+    words[c >> 4] |= field << (2 * (c & 15));
   }
 }
 

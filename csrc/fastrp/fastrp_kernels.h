@@ -12,13 +12,23 @@
 // A zero row normalizes to zero. The result of a row never depends on how rows are split among
 // threads.
 //
-// Sign codes: when x_codes is set the SpMM reads x from them instead of `x`: row i of x is
-//   x[i, c] = +x_vals[i] if bit c % 16 of word pos[c / 16] is set, -x_vals[i] if that bit of
-//   neg[c / 16] is, else +0,   where row i's codes are pos = x_codes + i * 2 * code_words, neg = pos + code_words.
+// Sign codes: when x_codes is set the SpMM reads x from them instead of `x`. Row i's codes are the
+// code_stride 32-bit words at x_codes + i * code_stride: words [0, code_words) hold 2 bits per
+// column (column c in bits 2 (c % 16) and 2 (c % 16) + 1 of word c / 16: 01 = +, 10 = -, 00 = 0)
+// and word code_words holds the row's magnitude v_i as float bits, so that
+//   x[i, c] = +v_i, -v_i or +0.
 // This is exactly the initial matrix L R of FastRP (entries 0 or +-sqrt(s) * L[i], in the storage
-// dtype: fp32 and bf16 rounding are sign-symmetric and 0 * finite L is +0) in d / 4 bytes per row
-// instead of 4 d: the first iteration gathers from a cache-resident array instead of DRAM.
-//
+// dtype: fp32 and bf16 rounding are sign-symmetric and 0 * finite L is +0) in one 32- or 64-byte
+// aligned record per row (d <= 112 or d <= 240) instead of 4 d bytes: the first iteration gathers
+// one cache line per non-zero from a cache-resident array instead of DRAM rows. Each 2-bit field
+// indexes a 4-entry table {0, +v, -v, 0}, which AVX-512 / AVX2 expand with one variable shift and
+// one permute per vector.
+inline int64_t code_words_of(int64_t d) { return (d + 15) / 16; }
+inline int64_t code_stride_of(int64_t d) {  // words per row: codes + magnitude, padded to 8 or 16 words
+  const int64_t w = code_words_of(d) + 1;
+  return w <= 8 ? 8 : (w + 15) / 16 * 16;
+}
+
 // init_rows: the initial FastRP matrix  v = L[r] * [R(key_r, 0 .. rand_dim) | features[r] @ P]
 // with the same y / acc epilogue, except that acc is overwritten (acc = acc_weight * ...).
 #pragma once
@@ -46,9 +56,9 @@ struct SpmmArgs {
   bool acc_src_bf16;
   float acc_src_weight;
   bool acc_src_normalize;
-  const uint16_t* x_codes; // [*, 2 * code_words] or nullptr (see above; x is then unused)
-  const float* x_vals;     // [*] magnitudes of the coded rows
-  int64_t code_words;      // ceil(d / 16)
+  const uint32_t* x_codes; // [*, code_stride] or nullptr (see above; x is then unused)
+  int64_t code_words;      // code_words_of(d)
+  int64_t code_stride;     // code_stride_of(d)
 };
 
 struct InitArgs {
@@ -67,9 +77,8 @@ struct InitArgs {
   float* acc;                // overwritten; nullptr to skip
   float acc_weight;
   bool acc_normalize;
-  uint16_t* codes;           // [rows, 2 * ceil(dim / 16)] or nullptr: sign codes of R (rand_dim == dim)
-  float* vals;               // [rows]: sqrt(s) * L[r], rounded to bf16 when vals_bf16
-  bool vals_bf16;
+  uint32_t* codes;           // [rows, code_stride_of(dim)] or nullptr: L R as sign codes (rand_dim == dim),
+  bool vals_bf16;            // the magnitude sqrt(s) * L[r] rounded to bf16 (bf16 storage)
 };
 
 void spmm_rows_scalar(const SpmmArgs& a, int64_t row_begin, int64_t row_end);

@@ -394,7 +394,7 @@ Tensor empty_buffer(at::IntArrayRef size, const at::TensorOptions& opts) {
 }
 
 // The pipeline on any device: `init` and `spmm` run the backend's kernels. On the CPU (`cpu`):
-// - without features, L R is stored as sign codes (InitArgs::codes, d / 4 bytes a row) that the first
+// - without features, L R is stored as sign codes (InitArgs::codes, 32 or 64 bytes a row) that the first
 //   SpMM expands on the fly: no n x dim write of L R and no DRAM gathers in the first iteration;
 // - without a self term, when the first weighted iteration k0 is the second to last (P5's and the
 //   presets' weights), its iterate goes to a fresh buffer with its term left pending, and the last
@@ -415,14 +415,14 @@ Tensor fastrp_pipeline(const Plan& p, const Tensor& indptr, const Tensor& indice
   OptTensor proj;
   if (features) proj = feature_projection(p, features->size(1)).to(indices.device());
   const bool codes = cpu && p.iters >= 1 && p.rand_dim == p.dim;
-  const int64_t code_words = (p.dim + 15) / 16;
+  const int64_t code_words = code_words_of(p.dim), code_stride = code_stride_of(p.dim);
   int64_t k0 = 0;  // the first weighted iteration (exists when there is no self term)
   while (k0 < p.iters && p.weights[size_t(k0)] == 0.f) ++k0;
   const bool two = cpu && p.self_weight == 0.f && p.iters >= 2 && k0 == p.iters - 2 && (k0 >= 1 || !codes);
   Tensor out = two ? Tensor() : empty_buffer({p.n, p.dim}, opts.dtype(at::kFloat));
   // Iterate buffers (storage dtype) are made when first needed and reused once dead. With `two` each
   // is fp32-sized so that either can become the output; a bf16 iterate lives in its first half.
-  Tensor cur, spare, codes_t, vals_t;
+  Tensor cur, spare, codes_t;
   auto iterate_buffer = [&]() {
     Tensor t = spare.defined() ? spare : empty_buffer({p.n, p.dim}, opts.dtype(two ? at::kFloat : st));
     spare = Tensor();
@@ -433,10 +433,8 @@ Tensor fastrp_pipeline(const Plan& p, const Tensor& indptr, const Tensor& indice
   };
   InitArgs ia = init_args(p, keys, features, proj, lscale);
   if (codes) {
-    codes_t = at::empty({p.n, 2 * code_words}, opts.dtype(at::kShort));
-    vals_t = at::empty({p.n}, opts.dtype(at::kFloat));
-    ia.codes = reinterpret_cast<uint16_t*>(codes_t.data_ptr<int16_t>());
-    ia.vals = vals_t.data_ptr<float>();
+    codes_t = empty_buffer({p.n, code_stride}, opts.dtype(at::kInt));
+    ia.codes = reinterpret_cast<uint32_t*>(codes_t.data_ptr<int32_t>());
     ia.vals_bf16 = p.bf16;
   } else if (p.iters >= 1) {
     cur = iterate_buffer();
@@ -451,13 +449,13 @@ Tensor fastrp_pipeline(const Plan& p, const Tensor& indptr, const Tensor& indice
   for (int64_t it = 0; it < p.iters; ++it) {
     // (coded: x is read from the codes; the expanded view only gives spmm_args the shape)
     SpmmArgs a = spmm_args(indptr, indices, weights,
-                           codes && it == 0 ? vals_t.view({p.n, 1}).expand({p.n, p.dim}) : stored(cur), inv_deg);
+                           codes && it == 0 ? codes_t.narrow(1, 0, 1).expand({p.n, p.dim}) : stored(cur), inv_deg);
     if (codes && it == 0) {
       a.x = nullptr;
       a.x_bf16 = false;
-      a.x_codes = reinterpret_cast<const uint16_t*>(codes_t.data_ptr<int16_t>());
-      a.x_vals = vals_t.data_ptr<float>();
+      a.x_codes = reinterpret_cast<const uint32_t*>(codes_t.data_ptr<int32_t>());
       a.code_words = code_words;
+      a.code_stride = code_stride;
     }
     const bool last = it + 1 == p.iters;
     Tensor next = last ? Tensor() : iterate_buffer();  // the last iterate is only accumulated
@@ -485,7 +483,7 @@ Tensor fastrp_pipeline(const Plan& p, const Tensor& indptr, const Tensor& indice
       out_written = out_written || w != 0.f;
     }
     spmm(a);
-    if (codes && it == 0) codes_t = vals_t = Tensor();
+    if (codes && it == 0) codes_t = Tensor();
     if (!last) {
       spare = cur;
       cur = next;

@@ -100,23 +100,28 @@ inline void fill_random_scalar(uint64_t row_state, float* v, int64_t n, uint64_t
   for (int64_t c = 0; c < n; ++c) v[c] = rp_entry(row_state, c, threshold, sqrt_s);
 }
 
-// Sign codes of R[row_state, 0 .. n) (see SpmmArgs::x_codes): pos / neg hold ceil(n / 16) words.
-inline void fill_codes_scalar(uint64_t row_state, uint16_t* pos, uint16_t* neg, int64_t n, uint64_t threshold) {
-  for (int64_t w = 0; w < (n + 15) / 16; ++w) pos[w] = neg[w] = 0;
+// Sign codes of R[row_state, 0 .. n) (see SpmmArgs::x_codes): ceil(n / 16) words of 2-bit fields.
+inline void fill_codes_scalar(uint64_t row_state, uint32_t* words, int64_t n, uint64_t threshold) {
+  for (int64_t w = 0; w < code_words_of(n); ++w) words[w] = 0;
   for (int64_t c = 0; c < n; ++c) {
     const uint64_t h = mix64(row_state + static_cast<uint64_t>(c) * kGolden);
-    const uint16_t bit = uint16_t(1u << (c & 15));
-    if (h < threshold) pos[c >> 4] |= bit;
-    else if (~h < threshold) neg[c >> 4] |= bit;
+    const uint32_t field = h < threshold ? 1u : (~h < threshold ? 2u : 0u);
+    words[c >> 4] |= field << (2 * (c & 15));
   }
+}
+
+// The magnitude of coded row src.
+inline float code_magnitude(const SpmmArgs& a, int64_t src) {
+  float v;
+  std::memcpy(&v, a.x_codes + src * a.code_stride + a.code_words, 4);
+  return v;
 }
 
 // x[src, c] of a coded matrix (scalar tails and the scalar path).
 inline float code_value(const SpmmArgs& a, int64_t src, int64_t c) {
-  const uint16_t* pos = a.x_codes + src * 2 * a.code_words;
-  const uint16_t bit = uint16_t(1u << (c & 15));
-  const float v = a.x_vals[src];
-  return (pos[c >> 4] & bit) ? v : ((pos[a.code_words + (c >> 4)] & bit) ? -v : 0.f);
+  const uint32_t field = (a.x_codes[src * a.code_stride + (c >> 4)] >> (2 * (c & 15))) & 3u;
+  const float v = code_magnitude(a, src);
+  return field == 1u ? v : (field == 2u ? -v : 0.f);
 }
 
 // The initial matrix; `fill_random` / `fill_codes` are the ISA's versions of fill_random_scalar /
@@ -126,15 +131,17 @@ inline void init_rows_impl(const InitArgs& a, int64_t row_begin, int64_t row_end
                            FillCodes&& fill_codes) {
   std::vector<float> v(static_cast<size_t>(a.dim));
   const int64_t fdim = a.dim - a.rand_dim;
-  const int64_t cw = (a.dim + 15) / 16;
+  const int64_t cw = code_words_of(a.dim), stride = code_stride_of(a.dim);
   for (int64_t r = row_begin; r < row_end; ++r) {
     const int64_t key = a.keys ? a.keys[r] : r;
     const uint64_t rs = rp_row_state(a.seed_state, key);
     if (a.codes) {
-      uint16_t* pos = a.codes + r * 2 * cw;
-      fill_codes(rs, pos, pos + cw, a.dim, a.threshold);
-      const float val = a.row_scale ? a.sqrt_s * a.row_scale[r] : a.sqrt_s;  // == apply_row_scale's product
-      a.vals[r] = a.vals_bf16 ? bf16_to_f32(f32_to_bf16(val)) : val;
+      uint32_t* row = a.codes + r * stride;
+      fill_codes(rs, row, a.dim, a.threshold);
+      float val = a.row_scale ? a.sqrt_s * a.row_scale[r] : a.sqrt_s;  // == apply_row_scale's product
+      if (a.vals_bf16) val = bf16_to_f32(f32_to_bf16(val));
+      std::memcpy(row + cw, &val, 4);
+      std::memset(row + cw + 1, 0, size_t(stride - cw - 1) * 4);  // padding: no uninitialized bytes
       if (!a.y && !a.acc) continue;
     }
     fill_random(rs, v.data(), a.rand_dim, a.threshold, a.sqrt_s);
