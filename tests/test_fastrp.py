@@ -374,6 +374,21 @@ def test_fastrp_bfloat16_equals_its_csr_spmm_composition(isa, normalize, weights
     np.testing.assert_array_equal(got.numpy(), out.numpy())
 
 
+def test_fastrp_unit_weights_equal_no_weights(isa):
+    """A weight array of ones (what a scipy matrix of an unweighted graph carries) is dropped by the
+    CPU pipeline; the result must be the bits of weights=None, and any other weight must not be."""
+    rng = np.random.default_rng(15)
+    a = undirected_graph(rng, 300, 1200)
+    ip, ix = torch.from_numpy(a.indptr.astype(np.int64)), torch.from_numpy(a.indices.astype(np.int64))
+    ones = torch.ones(ix.numel())
+    for dtype in (torch.float32, torch.bfloat16):
+        want = embkern.fastrp((ip, ix, None), 32, [0.0, 1.0, 1.0], beta=-0.5, dtype=dtype)
+        np.testing.assert_array_equal(embkern.fastrp((ip, ix, ones), 32, [0.0, 1.0, 1.0], beta=-0.5, dtype=dtype), want)
+        heavier = ones.clone()
+        heavier[7] = 2.0
+        assert not np.array_equal(embkern.fastrp((ip, ix, heavier), 32, [0.0, 1.0, 1.0], beta=-0.5, dtype=dtype), want)
+
+
 def test_fastrp_all_isas_bitwise_identical():
     rng = np.random.default_rng(11)
     a = undirected_graph(rng, 300, 1500, weighted=True)
