@@ -36,23 +36,6 @@ def timeit(fn: Callable[[], Any], *, warmup: int = 1, repeat: int = 5, min_time:
     return {"median_s": statistics.median(times), "min_s": min(times), "repeats": len(times)}
 
 
-def timeit_interleaved(fns: dict[str, Callable[[], Any]], *, warmup: int = 1, repeat: int = 5) -> dict[str, dict]:
-    """timeit for several variants whose ratio matters: their calls alternate (a, b, a, b, ...), so a
-    slow spell of a shared machine lands on all of them instead of on whichever ran then."""
-    for _ in range(warmup):
-        for fn in fns.values():
-            fn()
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(repeat):
-        for k, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            if torch.cuda.is_available():
-                torch.cuda.synchronize()
-            times[k].append(time.perf_counter() - t0)
-    return {k: {"median_s": statistics.median(v), "min_s": min(v), "repeats": len(v)} for k, v in times.items()}
-
-
 def cpu_mhz() -> float | None:
     """The highest clock /proc/cpuinfo reports (nominal on VMs), for instruction-bound estimates."""
     try:

@@ -11,7 +11,7 @@ import scipy.sparse as sp
 import torch
 
 import embkern
-from _harness import timeit, timeit_interleaved, write
+from _harness import timeit, write
 
 try:
     import fastrp as fastrp_pypi
@@ -82,12 +82,13 @@ def main(full: bool = False) -> str:
     adj = (ip, ix, w)
     reps = 5  # medians of 5: single calls on this VM vary by page-fault time on fresh buffers
     e32 = embkern.fastrp(adj, dim, WEIGHTS, seed=1)
-    variants = (("float32", torch.float32, 4), ("bfloat16 storage", torch.bfloat16, 2))
-    # fp32 and bf16 calls alternate: their ratio is a target, and this VM has slow spells
-    times = timeit_interleaved({label: (lambda dt=dtype: embkern.fastrp(adj, dim, WEIGHTS, seed=1, dtype=dt))
-                                for label, dtype, _ in variants}, repeat=reps)
-    for label, dtype, esize in variants:
-        t = times[label]
+    # Each variant is timed in its own steady state (consecutive calls). Alternating fp32 and bf16
+    # calls was tried and biases the ratio on this VM: an fp32 call needs ~1 GB of fresh buffers,
+    # more than the bf16 call before it freed, and memory the host has taken back is slow to fault in
+    # again (up to ~1 s of kernel page zeroing per call); in one process, medians of 5 gave fp32 / bf16
+    # = 1.39 and 1.75 consecutive but 2.00 and 2.30 alternating.
+    for label, dtype, esize in (("float32", torch.float32, 4), ("bfloat16 storage", torch.bfloat16, 2)):
+        t = timeit(lambda: embkern.fastrp(adj, dim, WEIGHTS, seed=1, dtype=dtype), repeat=reps)
         # init writes L R as sign codes (dim / 4 + 4 bytes a row) that iteration 1 gathers; iteration 1
         # stores its iterate and skips acc (weight 0); 2 stores its iterate with its term pending (the
         # two-buffer schedule); 3 reads that stored iterate back and writes the fp32 output once
