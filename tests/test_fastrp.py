@@ -317,7 +317,8 @@ def test_fastrp_coded_first_iteration_is_bitwise_the_materialized_one(isa, dim):
 
 @pytest.mark.parametrize("normalize", ["merge", "propagate", "none"])
 @pytest.mark.parametrize("weights", [[0.0, 0.5, 2.0], [0.0, 0.0, 1.0, 6.67], [0.7, 1.5], [0.0, 1.0, 0.5, 2.0]])
-def test_fastrp_equals_its_csr_spmm_composition(isa, normalize, weights):
+@pytest.mark.parametrize("dim", [24, 64])  # 64: whole 64-byte rows, streamed stores
+def test_fastrp_equals_its_csr_spmm_composition(isa, normalize, weights, dim):
     """The pipeline's buffer schedules (a pending term summed into a dead buffer by the last
     iteration, coded L R) give exactly the bits of the plain composition of csr_spmm calls."""
     rng = np.random.default_rng(40)
@@ -326,7 +327,7 @@ def test_fastrp_equals_its_csr_spmm_composition(isa, normalize, weights):
     w = torch.from_numpy(a.data)
     deg = torch.from_numpy(np.add.reduceat(a.data.astype(np.float64), a.indptr[:-1]) * (np.diff(a.indptr) > 0))
     inv_deg = torch.where(deg > 0, 1.0 / deg, torch.zeros_like(deg)).float()
-    x = torch.from_numpy(embkern.fastrp_projection(np.arange(150), 24, 3.0, 6))
+    x = torch.from_numpy(embkern.fastrp_projection(np.arange(150), dim, 3.0, 6))
     out = None
     for i, wt in enumerate(weights):
         term_norm = normalize != "none"
@@ -335,13 +336,14 @@ def test_fastrp_equals_its_csr_spmm_composition(isa, normalize, weights):
         elif wt != 0:
             embkern.csr_spmm(ip, ix, w, x, inv_deg, normalize=term_norm, out=out, alpha=wt)
         x = embkern.csr_spmm(ip, ix, w, x, inv_deg, normalize=normalize == "propagate")
-    got = embkern.fastrp((ip, ix, w), 24, weights, seed=6, normalize=normalize)
+    got = embkern.fastrp((ip, ix, w), dim, weights, seed=6, normalize=normalize)
     np.testing.assert_array_equal(got.numpy(), out.numpy())
 
 
 @pytest.mark.parametrize("normalize", ["merge", "propagate", "none"])
 @pytest.mark.parametrize("weights", [[0.0, 0.5, 2.0], [0.0, 0.0, 1.0, 6.67], [0.7, 1.5], [0.0, 1.0, 0.5, 2.0]])
-def test_fastrp_bfloat16_equals_its_csr_spmm_composition(isa, normalize, weights):
+@pytest.mark.parametrize("dim", [24, 64])  # 64: whole 64-byte rows, streamed stores
+def test_fastrp_bfloat16_equals_its_csr_spmm_composition(isa, normalize, weights, dim):
     """bf16 storage: every iterate is rounded to bf16 and the next one gathers it. A term is taken from
     the fp32 iterate, except the pending one of the two-buffer schedule (no self term, first weighted
     iteration second to last), which the last iteration reads back from its stored bf16 iterate.
@@ -355,7 +357,7 @@ def test_fastrp_bfloat16_equals_its_csr_spmm_composition(isa, normalize, weights
     deg = torch.from_numpy(np.add.reduceat(a.data.astype(np.float64), a.indptr[:-1]) * (np.diff(a.indptr) > 0))
     inv_deg = torch.where(deg > 0, 1.0 / deg, torch.zeros_like(deg)).float()
     eye = torch.arange(n + 1), torch.arange(n)
-    x = torch.from_numpy(embkern.fastrp_projection(np.arange(n), 24, 3.0, 6)).bfloat16()
+    x = torch.from_numpy(embkern.fastrp_projection(np.arange(n), dim, 3.0, 6)).bfloat16()
     nz = [i for i, wt in enumerate(weights) if wt != 0]
     pending = nz[0] == len(weights) - 2 and nz[0] >= 1  # the CPU pipeline's two-buffer schedule
     term_norm = normalize != "none"
@@ -370,7 +372,7 @@ def test_fastrp_bfloat16_equals_its_csr_spmm_composition(isa, normalize, weights
         elif wt != 0:
             embkern.csr_spmm(ip, ix, w, x, inv_deg, normalize=term_norm, out=out, alpha=wt)
         x = x_next
-    got = embkern.fastrp((ip, ix, w), 24, weights, seed=6, normalize=normalize, dtype=torch.bfloat16)
+    got = embkern.fastrp((ip, ix, w), dim, weights, seed=6, normalize=normalize, dtype=torch.bfloat16)
     np.testing.assert_array_equal(got.numpy(), out.numpy())
 
 

@@ -121,8 +121,9 @@ void spmm_rows_avx2(const SpmmArgs& a, int64_t row_begin, int64_t row_end) {
     }
     apply_row_scale(v.data(), d, a.row_scale, r);
     row_epilogue(v.data(), d, r, a.y, a.y_bf16, a.y_normalize, a.acc, a.acc_weight, a.acc_normalize, a.acc_overwrite,
-                 a.acc_src, a.acc_src_bf16, a.acc_src_weight, a.acc_src_normalize);
+                 a.acc_src, a.acc_src_bf16, a.acc_src_weight, a.acc_src_normalize, a.y_stream);
   }
+  end_row_stores();
 }
 
 void init_rows_avx2(const InitArgs& a, int64_t row_begin, int64_t row_end) { init_rows_impl(a, row_begin, row_end, fill_random_scalar, fill_codes_scalar); }

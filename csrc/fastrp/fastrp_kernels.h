@@ -48,6 +48,7 @@ struct SpmmArgs {
   void* y;                 // [rows, d] or nullptr
   bool y_bf16;
   bool y_normalize;
+  bool y_stream;           // store y with non-temporal stores (CPU, whole 64-byte rows; same bytes)
   float* acc;              // [rows, d] or nullptr
   float acc_weight;
   bool acc_normalize;

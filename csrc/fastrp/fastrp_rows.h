@@ -7,6 +7,10 @@
 #include <cstring>
 #include <vector>
 
+#if defined(__AVX2__)
+#include <immintrin.h>
+#endif
+
 #include "common/float_convert.h"
 #include "common/isa_namespace.h"
 #include "fastrp/fastrp_hash.h"
@@ -17,75 +21,112 @@ inline namespace EMBKERN_ISA_NS {
 
 // Sum of squares in a fixed order: 16 lane partials (column c goes to lane c % 16), then a
 // pairwise tree. The inner loop vectorizes without reassociation, so this is fast and ISA-neutral.
-inline float row_sumsq(const float* v, int64_t d) {
+// (x(c): column c of the row, fp32 or widened bf16)
+template <class X>
+inline float row_sumsq_of(X&& x, int64_t d) {
   float part[16] = {0.f};
   int64_t c = 0;
   for (; c + 16 <= d; c += 16)
-    for (int l = 0; l < 16; ++l) part[l] = std::fma(v[c + l], v[c + l], part[l]);
-  for (int l = 0; c + l < d; ++l) part[l] = std::fma(v[c + l], v[c + l], part[l]);
+    for (int l = 0; l < 16; ++l) part[l] = std::fma(x(c + l), x(c + l), part[l]);
+  for (int l = 0; c + l < d; ++l) part[l] = std::fma(x(c + l), x(c + l), part[l]);
   for (int w = 8; w >= 1; w /= 2)
     for (int l = 0; l < w; ++l) part[l] += part[l + w];
   return part[0];
 }
 
-inline float inv_norm(const float* v, int64_t d) {
-  const float ss = row_sumsq(v, d);
+template <class X>
+inline float inv_norm_of(X&& x, int64_t d) {
+  const float ss = row_sumsq_of(x, d);
   return ss > 0.f ? 1.0f / std::sqrt(ss) : 0.f;  // +inf sum of squares also lands here as 0
+}
+
+inline float row_sumsq(const float* v, int64_t d) {
+  return row_sumsq_of([v](int64_t c) { return v[c]; }, d);
+}
+
+inline float inv_norm(const float* v, int64_t d) {
+  return inv_norm_of([v](int64_t c) { return v[c]; }, d);
+}
+
+// Writes dst[c] = value(c) for c in [0, d). With `stream`, on an ISA with non-temporal stores and a
+// row of whole 64-byte lines, the row is assembled 64 bytes at a time and streamed: no read for
+// ownership of its lines, and it does not evict the iterate the same SpMM is gathering (a bf16
+// iterate at P5's size is 256 MB, about the L3). end_row_stores() orders the streams before the
+// caller's threads join.
+template <class T, class Value>
+inline void write_row(T* dst, int64_t d, bool stream, Value&& value) {
+#if defined(__AVX2__)
+  constexpr int64_t kLine = 64 / int64_t(sizeof(T));
+  if (stream && (reinterpret_cast<uintptr_t>(dst) & 63) == 0 && d % kLine == 0) {
+    alignas(64) T line[kLine];
+    for (int64_t c0 = 0; c0 < d; c0 += kLine) {
+      for (int64_t c = 0; c < kLine; ++c) line[c] = value(c0 + c);
+#if defined(__AVX512F__)
+      _mm512_stream_si512(reinterpret_cast<__m512i*>(dst + c0), _mm512_load_si512(line));
+#else
+      _mm256_stream_si256(reinterpret_cast<__m256i*>(dst + c0), _mm256_load_si256(reinterpret_cast<const __m256i*>(line)));
+      _mm256_stream_si256(reinterpret_cast<__m256i*>(dst + c0) + 1,
+                          _mm256_load_si256(reinterpret_cast<const __m256i*>(line) + 1));
+#endif
+    }
+    return;
+  }
+#endif
+  (void)stream;
+  for (int64_t c = 0; c < d; ++c) dst[c] = value(c);
+}
+
+inline void end_row_stores() {
+#if defined(__AVX2__)
+  _mm_sfence();
+#endif
 }
 
 // The fused epilogue of one row: v (d floats, already row-scaled) -> y, acc. `overwrite_acc`
 // writes acc instead of adding to it (initialization).
+// The fused epilogue of one row: v (d floats, already row-scaled) -> y, acc. `overwrite_acc`
+// writes acc instead of adding to it (initialization). `y_stream` writes y with write_row's
+// streams; an acc assembled from acc_src is always streamed (it is the finished output).
 inline void row_epilogue(const float* v, int64_t d, int64_t row, void* y, bool y_bf16, bool y_normalize, float* acc,
                          float acc_weight, bool acc_normalize, bool overwrite_acc, const void* acc_src = nullptr,
-                         bool acc_src_bf16 = false, float acc_src_weight = 0.f, bool acc_src_normalize = false) {
+                         bool acc_src_bf16 = false, float acc_src_weight = 0.f, bool acc_src_normalize = false,
+                         bool y_stream = false) {
   const bool need_norm = (y && y_normalize) || (acc && acc_normalize);
   const float inv = need_norm ? inv_norm(v, d) : 1.f;
   if (y) {
     const float sy = y_normalize ? inv : 1.f;
-    if (y_bf16) {
-      uint16_t* yr = static_cast<uint16_t*>(y) + row * d;
-      if (y_normalize)
-        for (int64_t c = 0; c < d; ++c) yr[c] = f32_to_bf16(v[c] * sy);
-      else
-        for (int64_t c = 0; c < d; ++c) yr[c] = f32_to_bf16(v[c]);
-    } else {
-      float* yr = static_cast<float*>(y) + row * d;
-      if (y_normalize)
-        for (int64_t c = 0; c < d; ++c) yr[c] = v[c] * sy;
-      else
-        std::memcpy(yr, v, size_t(d) * 4);
-    }
+    if (y_bf16)
+      write_row(static_cast<uint16_t*>(y) + row * d, d, y_stream,
+                [&](int64_t c) { return f32_to_bf16(y_normalize ? v[c] * sy : v[c]); });
+    else
+      write_row(static_cast<float*>(y) + row * d, d, y_stream,
+                [&](int64_t c) { return y_normalize ? v[c] * sy : v[c]; });
   }
-  if (acc) {
-    float* ar = acc + row * d;
-    if (acc_src) {  // acc[r] = the pending term of acc_src, exactly as its own overwrite would have made it
-      const float* sr = static_cast<const float*>(acc_src) + row * d;
-      if (acc_src_bf16) {  // widened into acc's row first (exact), then scaled in place: the same bits
-        const uint16_t* br = static_cast<const uint16_t*>(acc_src) + row * d;
-        for (int64_t c = 0; c < d; ++c) ar[c] = bf16_to_f32(br[c]);
-        sr = ar;
-      }
-      if (acc_src_normalize) {
-        const float sinv = inv_norm(sr, d);
-        for (int64_t c = 0; c < d; ++c) ar[c] = acc_src_weight * (sr[c] * sinv);
-      } else {
-        for (int64_t c = 0; c < d; ++c) ar[c] = acc_src_weight * sr[c];
-      }
-      overwrite_acc = false;
-    }
-    if (overwrite_acc) {
-      if (acc_weight == 0.f) {
-        std::memset(ar, 0, size_t(d) * 4);
-      } else if (acc_normalize) {
-        for (int64_t c = 0; c < d; ++c) ar[c] = acc_weight * (v[c] * inv);
-      } else {
-        for (int64_t c = 0; c < d; ++c) ar[c] = acc_weight * v[c];
-      }
+  if (!acc) return;
+  float* ar = acc + row * d;
+  if (acc_src) {
+    // acc[r] = the pending term of acc_src (exactly as its own overwrite would have made it) plus
+    // this term, written once: acc is not read.
+    const float* sr = static_cast<const float*>(acc_src) + row * d;
+    const uint16_t* br = static_cast<const uint16_t*>(acc_src) + row * d;
+    const auto s_at = [&](int64_t c) { return acc_src_bf16 ? bf16_to_f32(br[c]) : sr[c]; };
+    const float sinv = acc_src_normalize ? inv_norm_of(s_at, d) : 1.f;
+    write_row(ar, d, true, [&](int64_t c) {
+      const float pending = acc_src_normalize ? acc_src_weight * (s_at(c) * sinv) : acc_src_weight * s_at(c);
+      return std::fma(acc_weight, acc_normalize ? v[c] * inv : v[c], pending);
+    });
+  } else if (overwrite_acc) {
+    if (acc_weight == 0.f) {
+      std::memset(ar, 0, size_t(d) * 4);
     } else if (acc_normalize) {
-      for (int64_t c = 0; c < d; ++c) ar[c] = std::fma(acc_weight, v[c] * inv, ar[c]);
+      for (int64_t c = 0; c < d; ++c) ar[c] = acc_weight * (v[c] * inv);
     } else {
-      for (int64_t c = 0; c < d; ++c) ar[c] = std::fma(acc_weight, v[c], ar[c]);
+      for (int64_t c = 0; c < d; ++c) ar[c] = acc_weight * v[c];
     }
+  } else if (acc_normalize) {
+    for (int64_t c = 0; c < d; ++c) ar[c] = std::fma(acc_weight, v[c] * inv, ar[c]);
+  } else {
+    for (int64_t c = 0; c < d; ++c) ar[c] = std::fma(acc_weight, v[c], ar[c]);
   }
 }
 
