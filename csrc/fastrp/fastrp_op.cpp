@@ -511,30 +511,27 @@ Tensor fastrp_cpu(const Tensor& indptr, const Tensor& indices, const OptTensor& 
   Tensor lscale = at::empty({n}, ix.options().dtype(at::kFloat));
   {
     const int64_t* ipp = ip.data_ptr<int64_t>();
-    const float* wp = w ? w->data_ptr<float>() : nullptr;
     float *idp = inv_deg.data_ptr<float>(), *lp = lscale.data_ptr<float>();
     const double beta_d = p.beta;
-    std::atomic<bool> all_ones{true};
+    // Unit weights (an unweighted graph handed over as a scipy matrix or with a weight array) are
+    // dropped: degrees are then counts (the same doubles), the kernels' w = 1 gives the same bits
+    // (fma(1, x, acc)), and each SpMM reads 4 bytes less per non-zero.
+    const float* wp = w ? w->data_ptr<float>() : nullptr;
+    if (wp && first_offender(ix.numel(), [wp](int64_t j) { return wp[j] != 1.f; }) < 0) {
+      wp = nullptr;
+      w = std::nullopt;
+    }
     at::parallel_for(0, n, 4096, [&](int64_t b, int64_t e) {
-      bool ones = true;
       for (int64_t r = b; r < e; ++r) {
         double deg = 0.0;
         if (wp)
-          for (int64_t j = ipp[r]; j < ipp[r + 1]; ++j) {
-            deg += wp[j];
-            ones &= wp[j] == 1.f;
-          }
+          for (int64_t j = ipp[r]; j < ipp[r + 1]; ++j) deg += wp[j];
         else
           deg = double(ipp[r + 1] - ipp[r]);
         idp[r] = deg > 0 ? float(1.0 / deg) : 0.f;
         lp[r] = deg > 0 && beta_d != 0.0 ? float(std::pow(deg, beta_d)) : 1.f;  // pow(x, 0) == 1: skip libm
       }
-      if (!ones) all_ones.store(false, std::memory_order_relaxed);
     });
-    // Unit weights (an unweighted graph handed over as a scipy matrix or with a weight array) are
-    // dropped: the kernels' w = 1 gives the same bits (fma(1, x, acc)) and each SpMM reads 4 bytes
-    // less per non-zero.
-    if (wp && all_ones.load()) w = std::nullopt;
   }
   // Coded L R needs 0 * L = 0 (finite L): pow(deg, beta) can overflow for extreme beta.
   bool finite_l = true;
