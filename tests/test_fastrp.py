@@ -403,9 +403,11 @@ def test_fastrp_all_isas_bitwise_identical():
             continue
         for dtype in (torch.float32, torch.bfloat16):
             outs.append(embkern.fastrp(a, 70, [0.2, 1.0, 1.0], self_weight=0.3, beta=-0.5, dtype=dtype))
+            # dim 64 with P5's weights: coded L R, the two-buffer schedule and streamed whole-line rows
+            outs.append(embkern.fastrp(a, 64, [0.0, 1.0, 1.0], beta=-0.5, dtype=dtype))
     embkern.set_isa(best)
-    for i in range(2, len(outs)):
-        np.testing.assert_array_equal(outs[i], outs[i % 2])
+    for i in range(4, len(outs)):
+        np.testing.assert_array_equal(outs[i], outs[i % 4])
 
 
 def test_fastrp_bitwise_identical_across_threads(threads):
@@ -415,10 +417,11 @@ def test_fastrp_bitwise_identical_across_threads(threads):
     for t in (1, 2, 4):
         torch.set_num_threads(t)
         for normalize in ("merge", "propagate"):
-            for dtype in (torch.bfloat16, torch.float32):  # fp32: coded L R and the two-buffer schedule
-                outs.append(embkern.fastrp(a, 48, [0.0, 1.0, 1.0], normalize=normalize, dtype=dtype))
-    for i in range(4, len(outs)):
-        np.testing.assert_array_equal(outs[i], outs[i % 4])
+            for dtype in (torch.bfloat16, torch.float32):  # coded L R and the two-buffer schedule
+                for dim in (48, 64):  # 64: bf16 rows of whole 64-byte lines take the streamed stores too
+                    outs.append(embkern.fastrp(a, dim, [0.0, 1.0, 1.0], normalize=normalize, dtype=dtype))
+    for i in range(8, len(outs)):
+        np.testing.assert_array_equal(outs[i], outs[i % 8])
 
 
 def test_fastrp_permuting_nodes_and_keys_permutes_rows():
