@@ -153,11 +153,7 @@ void fill_codes_avx512(uint64_t row_state, uint32_t* words, int64_t n, uint64_t 
     else
       words[c >> 4] = half;
   }
-  for (int64_t c = n8; c < n; ++c) {
-    const uint64_t h = mix64(row_state + static_cast<uint64_t>(c) * kGolden);
-    const uint32_t field = h < threshold ? 1u : (~h < threshold ? 2u : 0u);
-    words[c >> 4] |= field << (2 * (c & 15));
-  }
+  for (int64_t c = n8; c < n; ++c) words[c >> 4] |= rp_sign_code(row_state, c, threshold) << (2 * (c & 15));
 }
 
 }  // namespace

@@ -26,9 +26,15 @@ EMBKERN_HOST_DEVICE uint64_t rp_row_state(uint64_t seed_state, int64_t key) {
   return mix64(seed_state ^ static_cast<uint64_t>(key));
 }
 
-EMBKERN_HOST_DEVICE float rp_entry(uint64_t row_state, int64_t column, uint64_t threshold, float sqrt_s) {
+// The sign of R[., column] as a 2-bit code: 1 = +, 2 = -, 0 = zero (the CPU's coded L R stores these).
+EMBKERN_HOST_DEVICE uint32_t rp_sign_code(uint64_t row_state, int64_t column, uint64_t threshold) {
   const uint64_t h = mix64(row_state + static_cast<uint64_t>(column) * kGolden);
-  return h < threshold ? sqrt_s : (~h < threshold ? -sqrt_s : 0.0f);
+  return h < threshold ? 1u : (~h < threshold ? 2u : 0u);
+}
+
+EMBKERN_HOST_DEVICE float rp_entry(uint64_t row_state, int64_t column, uint64_t threshold, float sqrt_s) {
+  const uint32_t code = rp_sign_code(row_state, column, threshold);
+  return code == 1u ? sqrt_s : (code == 2u ? -sqrt_s : 0.0f);
 }
 
 }  // namespace embkern::fastrp

@@ -40,10 +40,6 @@ inline float inv_norm_of(X&& x, int64_t d) {
   return ss > 0.f ? 1.0f / std::sqrt(ss) : 0.f;  // +inf sum of squares also lands here as 0
 }
 
-inline float row_sumsq(const float* v, int64_t d) {
-  return row_sumsq_of([v](int64_t c) { return v[c]; }, d);
-}
-
 inline float inv_norm(const float* v, int64_t d) {
   return inv_norm_of([v](int64_t c) { return v[c]; }, d);
 }
@@ -82,8 +78,6 @@ inline void end_row_stores() {
 #endif
 }
 
-// The fused epilogue of one row: v (d floats, already row-scaled) -> y, acc. `overwrite_acc`
-// writes acc instead of adding to it (initialization).
 // The fused epilogue of one row: v (d floats, already row-scaled) -> y, acc. `overwrite_acc`
 // writes acc instead of adding to it (initialization). `y_stream` writes y with write_row's
 // streams; an acc assembled from acc_src is always streamed (it is the finished output).
@@ -144,11 +138,7 @@ inline void fill_random_scalar(uint64_t row_state, float* v, int64_t n, uint64_t
 // Sign codes of R[row_state, 0 .. n) (see SpmmArgs::x_codes): ceil(n / 16) words of 2-bit fields.
 inline void fill_codes_scalar(uint64_t row_state, uint32_t* words, int64_t n, uint64_t threshold) {
   for (int64_t w = 0; w < code_words_of(n); ++w) words[w] = 0;
-  for (int64_t c = 0; c < n; ++c) {
-    const uint64_t h = mix64(row_state + static_cast<uint64_t>(c) * kGolden);
-    const uint32_t field = h < threshold ? 1u : (~h < threshold ? 2u : 0u);
-    words[c >> 4] |= field << (2 * (c & 15));
-  }
+  for (int64_t c = 0; c < n; ++c) words[c >> 4] |= rp_sign_code(row_state, c, threshold) << (2 * (c & 15));
 }
 
 // The magnitude of coded row src.
