@@ -394,8 +394,9 @@ Tensor empty_buffer(at::IntArrayRef size, const at::TensorOptions& opts) {
 }
 
 // The pipeline on any device: `init` and `spmm` run the backend's kernels. On the CPU (`cpu`):
-// - without features, L R is stored as sign codes (InitArgs::codes, 32 or 64 bytes a row) that the first
-//   SpMM expands on the fly: no n x dim write of L R and no DRAM gathers in the first iteration;
+// - without features and with every L finite (`finite_l`: a coded 0 must equal 0 * L), L R is
+//   stored as sign codes (InitArgs::codes, 32 or 64 bytes a row) that the first SpMM expands on the
+//   fly: no n x dim write of L R and no DRAM gathers in the first iteration;
 // - without a self term, when the first weighted iteration k0 is the second to last (P5's and the
 //   presets' weights), its iterate goes to a fresh buffer with its term left pending, and the last
 //   iteration writes the whole sum (SpmmArgs::acc_src) into the dead input buffer of iteration k0,
@@ -408,13 +409,13 @@ Tensor empty_buffer(at::IntArrayRef size, const at::TensorOptions& opts) {
 template <class InitRun, class SpmmRun>
 Tensor fastrp_pipeline(const Plan& p, const Tensor& indptr, const Tensor& indices, const OptTensor& weights,
                        const OptTensor& keys, const OptTensor& features, const Tensor& inv_deg, const Tensor& lscale,
-                       bool cpu, InitRun&& init, SpmmRun&& spmm) {
+                       bool cpu, bool finite_l, InitRun&& init, SpmmRun&& spmm) {
   const auto opts = indices.options();
   const at::ScalarType st = p.bf16 ? at::kBFloat16 : at::kFloat;
   if (p.n == 0) return at::empty({0, p.dim}, opts.dtype(at::kFloat));
   OptTensor proj;
   if (features) proj = feature_projection(p, features->size(1)).to(indices.device());
-  const bool codes = cpu && p.iters >= 1 && p.rand_dim == p.dim;
+  const bool codes = cpu && finite_l && p.iters >= 1 && p.rand_dim == p.dim;
   const int64_t code_words = code_words_of(p.dim), code_stride = code_stride_of(p.dim);
   int64_t k0 = 0;  // the first weighted iteration (exists when there is no self term)
   while (k0 < p.iters && p.weights[size_t(k0)] == 0.f) ++k0;
@@ -540,7 +541,7 @@ Tensor fastrp_cpu(const Tensor& indptr, const Tensor& indices, const OptTensor& 
     for (int64_t r = 0; r < n && finite_l; ++r) finite_l = std::isfinite(lp[r]);
   }
   return fastrp_pipeline(
-      p, ip, ix, w, keys, feats, inv_deg, lscale, finite_l, [&](const InitArgs& ia) { init_cpu_run(ia, n); },
+      p, ip, ix, w, keys, feats, inv_deg, lscale, true, finite_l, [&](const InitArgs& ia) { init_cpu_run(ia, n); },
       [&](const SpmmArgs& a) { spmm_cpu_run(a, n); });
 }
 
@@ -573,7 +574,7 @@ Tensor fastrp_cuda(const Tensor& indptr, const Tensor& indices, const OptTensor&
     cuda::degrees(ip.data_ptr<int64_t>(), w ? w->data_ptr<float>() : nullptr, n, p.beta, inv_deg.data_ptr<float>(),
                   lscale.data_ptr<float>(), stream);
   return fastrp_pipeline(
-      p, ip, ix, w, keys, feats, inv_deg, lscale, false, [&](const InitArgs& ia) { cuda::init(ia, n, stream); },
+      p, ip, ix, w, keys, feats, inv_deg, lscale, false, true, [&](const InitArgs& ia) { cuda::init(ia, n, stream); },
       [&](const SpmmArgs& a) { cuda::spmm(a, n, stream); });
 }
 
