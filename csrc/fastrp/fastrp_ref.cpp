@@ -10,6 +10,7 @@ void spmm_rows_scalar(const SpmmArgs& a, int64_t row_begin, int64_t row_end) {
   const int64_t d = a.d;
   std::vector<float> v(static_cast<size_t>(d));
   for (int64_t r = row_begin; r < row_end; ++r) {
+    prefetch_acc_src(a, r, row_end);
     std::fill(v.begin(), v.end(), 0.f);
     for (int64_t j = a.indptr[r]; j < a.indptr[r + 1]; ++j) {
       const float w = a.weights ? a.weights[j] : 1.f;
