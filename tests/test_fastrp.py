@@ -95,7 +95,9 @@ def test_csr_spmm_matches_scipy(isa, d):
     np.testing.assert_allclose(got, ref.csr_spmm(a.indptr, a.indices, None, x), rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("d", [5, 16, 40, 128, 150])
+# d covers every AVX-512 bf16 shape: 32-column loads with tails of 1..31 columns, 1..4 loads per
+# 128-column block, a second block
+@pytest.mark.parametrize("d", [1, 5, 16, 31, 33, 40, 48, 96, 128, 150, 200])
 def test_csr_spmm_bf16_input_is_widened_exactly(isa, d):
     rng = np.random.default_rng(d)
     a = random_csr(rng, 50, 40, 0.2)

@@ -1,7 +1,9 @@
 // AVX2 + FMA fastrp kernels: CSR rows x dense with d blocked in ymm accumulators (64 columns per
-// pass), contiguous row loads, software prefetch, scalar fma for the last d % 8 columns.
+// pass), contiguous row loads, software prefetch, bf16 rows split into even and odd columns (exact),
+// scalar fma for the last d % 8 columns.
 #include <immintrin.h>
 
+#include <type_traits>
 #include <vector>
 
 #include "fastrp/fastrp_rows.h"
@@ -11,30 +13,58 @@ namespace {
 
 constexpr int64_t kPrefetch = 16;  // entries ahead (see fastrp_avx512.cpp)
 
-inline __m256 load8(const void* x, bool bf16, int64_t off) {
-  if (bf16) {
-    const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(static_cast<const uint16_t*>(x) + off));
-    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
-  }
-  return _mm256_loadu_ps(static_cast<const float*>(x) + off);
-}
-
-template <int NV, bool BF16>
+template <int NV>
 void gather_block(const SpmmArgs& a, int64_t jb, int64_t je, int64_t c0, float* v) {
   __m256 acc[NV];
   for (int i = 0; i < NV; ++i) acc[i] = _mm256_setzero_ps();
-  const int64_t d = a.d;
-  const int64_t esize = BF16 ? 2 : 4;
+  const float* x = static_cast<const float*>(a.x);
   for (int64_t j = jb; j < je; ++j) {
     if (j + kPrefetch < a.nnz) {
-      const char* p = static_cast<const char*>(a.x) + (a.indices[j + kPrefetch] * d + c0) * esize;
-      for (int64_t l = 0; l < NV * 8 * esize; l += 64) _mm_prefetch(p + l, _MM_HINT_T1);
+      const char* p = reinterpret_cast<const char*>(x + a.indices[j + kPrefetch] * a.d + c0);
+      for (int64_t l = 0; l < NV * 32; l += 64) _mm_prefetch(p + l, _MM_HINT_T1);
     }
     const __m256 w = _mm256_set1_ps(a.weights ? a.weights[j] : 1.f);
-    const int64_t off = a.indices[j] * d + c0;
-    for (int i = 0; i < NV; ++i) acc[i] = _mm256_fmadd_ps(w, load8(a.x, BF16, off + 8 * i), acc[i]);
+    const float* row = x + a.indices[j] * a.d + c0;
+    for (int i = 0; i < NV; ++i) acc[i] = _mm256_fmadd_ps(w, _mm256_loadu_ps(row + 8 * i), acc[i]);
   }
   for (int i = 0; i < NV; ++i) _mm256_storeu_ps(v + c0 + 8 * i, acc[i]);
+}
+
+// bf16 rows, 16 columns per 32-byte load split into even and odd columns by a shift and a mask (see
+// fastrp_avx512.cpp); an odd NV leaves 8 columns, widened by a zero-extend and a shift.
+template <int NV>
+void gather_block_bf16(const SpmmArgs& a, int64_t jb, int64_t je, int64_t c0, float* v) {
+  constexpr int NP = NV / 2;
+  __m256 even[NP + 1], odd[NP + 1], last = _mm256_setzero_ps();
+  for (int i = 0; i < NP; ++i) {
+    even[i] = _mm256_setzero_ps();
+    odd[i] = _mm256_setzero_ps();
+  }
+  const __m256i high_half = _mm256_set1_epi32(int32_t(0xFFFF0000u));
+  const uint16_t* x = static_cast<const uint16_t*>(a.x);
+  for (int64_t j = jb; j < je; ++j) {
+    if (j + kPrefetch < a.nnz) {
+      const char* p = reinterpret_cast<const char*>(x + a.indices[j + kPrefetch] * a.d + c0);
+      for (int64_t l = 0; l < NV * 16; l += 64) _mm_prefetch(p + l, _MM_HINT_T1);
+    }
+    const __m256 w = _mm256_set1_ps(a.weights ? a.weights[j] : 1.f);
+    const uint16_t* row = x + a.indices[j] * a.d + c0;
+    for (int i = 0; i < NP; ++i) {
+      const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + 16 * i));
+      even[i] = _mm256_fmadd_ps(w, _mm256_castsi256_ps(_mm256_slli_epi32(h, 16)), even[i]);
+      odd[i] = _mm256_fmadd_ps(w, _mm256_castsi256_ps(_mm256_and_si256(h, high_half)), odd[i]);
+    }
+    if constexpr (NV % 2 == 1) {
+      const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(row + 16 * NP));
+      last = _mm256_fmadd_ps(w, _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16)), last);
+    }
+  }
+  for (int i = 0; i < NP; ++i) {  // (e0 o0 e1 o1 | e4 o4 e5 o5), (e2 o2 e3 o3 | e6 o6 e7 o7) -> columns in order
+    const __m256 lo = _mm256_unpacklo_ps(even[i], odd[i]), hi = _mm256_unpackhi_ps(even[i], odd[i]);
+    _mm256_storeu_ps(v + c0 + 16 * i, _mm256_permute2f128_ps(lo, hi, 0x20));
+    _mm256_storeu_ps(v + c0 + 16 * i + 8, _mm256_permute2f128_ps(lo, hi, 0x31));
+  }
+  if constexpr (NV % 2 == 1) _mm256_storeu_ps(v + c0 + 16 * NP, last);
 }
 
 // Coded rows (SpmmArgs::x_codes): per 8 columns one broadcast word, a variable shift and a permute
@@ -78,15 +108,19 @@ void gather_dispatch_codes(const SpmmArgs& a, int64_t jb, int64_t je, int64_t c0
 
 template <bool BF16>
 void gather_dispatch(const SpmmArgs& a, int64_t jb, int64_t je, int64_t c0, int nv, float* v) {
+  constexpr auto block = [](auto nv_c) {
+    constexpr int NV = decltype(nv_c)::value;
+    return BF16 ? gather_block_bf16<NV> : gather_block<NV>;
+  };
   switch (nv) {
-    case 1: return gather_block<1, BF16>(a, jb, je, c0, v);
-    case 2: return gather_block<2, BF16>(a, jb, je, c0, v);
-    case 3: return gather_block<3, BF16>(a, jb, je, c0, v);
-    case 4: return gather_block<4, BF16>(a, jb, je, c0, v);
-    case 5: return gather_block<5, BF16>(a, jb, je, c0, v);
-    case 6: return gather_block<6, BF16>(a, jb, je, c0, v);
-    case 7: return gather_block<7, BF16>(a, jb, je, c0, v);
-    default: return gather_block<8, BF16>(a, jb, je, c0, v);
+    case 1: return block(std::integral_constant<int, 1>())(a, jb, je, c0, v);
+    case 2: return block(std::integral_constant<int, 2>())(a, jb, je, c0, v);
+    case 3: return block(std::integral_constant<int, 3>())(a, jb, je, c0, v);
+    case 4: return block(std::integral_constant<int, 4>())(a, jb, je, c0, v);
+    case 5: return block(std::integral_constant<int, 5>())(a, jb, je, c0, v);
+    case 6: return block(std::integral_constant<int, 6>())(a, jb, je, c0, v);
+    case 7: return block(std::integral_constant<int, 7>())(a, jb, je, c0, v);
+    default: return block(std::integral_constant<int, 8>())(a, jb, je, c0, v);
   }
 }
 
@@ -97,6 +131,7 @@ void spmm_rows_avx2(const SpmmArgs& a, int64_t row_begin, int64_t row_end) {
   std::vector<float> v(static_cast<size_t>(d));
   for (int64_t r = row_begin; r < row_end; ++r) {
     const int64_t jb = a.indptr[r], je = a.indptr[r + 1];
+    prefetch_acc_src(a, r, row_end);
     for (int64_t c0 = 0; c0 < dv; c0 += 64) {
       const int nv = int(std::min<int64_t>(64, dv - c0) / 8);
       if (a.x_codes)

@@ -1,6 +1,6 @@
 // AVX-512 fastrp kernels: CSR rows x dense with d blocked in up to 8 zmm accumulators (128 fp32
 // columns per pass, masked tail vector), contiguous row loads (no vgather), software prefetch of
-// the row 16 entries ahead, bf16 rows widened by a zero-extend + shift (exact).
+// the row 16 entries ahead, bf16 rows split into even and odd columns by a shift and a mask (exact).
 #include <immintrin.h>
 
 #include <vector>
@@ -14,33 +14,59 @@ namespace {
 // T0/T1/none on a Sapphire Rapids VM (T0 fills the line buffers and L1 with rows needed much later).
 constexpr int64_t kPrefetch = 16;
 
-template <int NV, bool BF16>
+template <int NV>
 void gather_block(const SpmmArgs& a, int64_t jb, int64_t je, int64_t c0, __mmask16 tail, float* v) {
   __m512 acc[NV];
   for (int i = 0; i < NV; ++i) acc[i] = _mm512_setzero_ps();
-  const int64_t d = a.d;
-  constexpr int64_t esize = BF16 ? 2 : 4;
-  constexpr int64_t block_bytes = NV * 16 * esize;
+  const float* x = static_cast<const float*>(a.x);
   for (int64_t j = jb; j < je; ++j) {
     if (j + kPrefetch < a.nnz) {
-      const char* p = static_cast<const char*>(a.x) + (a.indices[j + kPrefetch] * d + c0) * esize;
-      for (int64_t l = 0; l < block_bytes; l += 64) _mm_prefetch(p + l, _MM_HINT_T1);
+      const char* p = reinterpret_cast<const char*>(x + a.indices[j + kPrefetch] * a.d + c0);
+      for (int64_t l = 0; l < NV * 64; l += 64) _mm_prefetch(p + l, _MM_HINT_T1);
     }
     const __m512 w = _mm512_set1_ps(a.weights ? a.weights[j] : 1.f);
-    const int64_t off = a.indices[j] * d + c0;
-    for (int i = 0; i < NV; ++i) {
-      const __mmask16 m = i == NV - 1 ? tail : __mmask16(0xFFFF);
-      __m512 x;
-      if constexpr (BF16) {
-        const __m256i h = _mm256_maskz_loadu_epi16(m, static_cast<const uint16_t*>(a.x) + off + 16 * i);
-        x = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
-      } else {
-        x = _mm512_maskz_loadu_ps(m, static_cast<const float*>(a.x) + off + 16 * i);
-      }
-      acc[i] = _mm512_fmadd_ps(w, x, acc[i]);
-    }
+    const float* row = x + a.indices[j] * a.d + c0;
+    for (int i = 0; i < NV; ++i)
+      acc[i] = _mm512_fmadd_ps(w, _mm512_maskz_loadu_ps(i == NV - 1 ? tail : __mmask16(0xFFFF), row + 16 * i), acc[i]);
   }
   for (int i = 0; i < NV; ++i) _mm512_mask_storeu_ps(v + c0 + 16 * i, i == NV - 1 ? tail : __mmask16(0xFFFF), acc[i]);
+}
+
+// bf16 rows, 32 columns per 64-byte load: 32-bit lane k holds column 2k in its low half and 2k + 1
+// in its high half, so `lane << 16` is column 2k and `lane & 0xFFFF0000` column 2k + 1, both exact
+// fp32. Even and odd columns accumulate apart (the same fma per column as any other path, so the
+// same bits) and are interleaved once per row: one ALU op per 16 columns besides the fma, where
+// widening each 16 columns took a shuffle (port 5, which the fmas also need) and a shift
+// (measured at P5's size: the two bf16 SpMMs ~20 and ~30 ms faster).
+template <int NP>
+void gather_block_bf16(const SpmmArgs& a, int64_t jb, int64_t je, int64_t c0, __mmask32 tail, float* v) {
+  __m512 even[NP], odd[NP];
+  for (int i = 0; i < NP; ++i) {
+    even[i] = _mm512_setzero_ps();
+    odd[i] = _mm512_setzero_ps();
+  }
+  const __m512i high_half = _mm512_set1_epi32(int32_t(0xFFFF0000u));
+  const uint16_t* x = static_cast<const uint16_t*>(a.x);
+  for (int64_t j = jb; j < je; ++j) {
+    if (j + kPrefetch < a.nnz) {
+      const char* p = reinterpret_cast<const char*>(x + a.indices[j + kPrefetch] * a.d + c0);
+      for (int64_t l = 0; l < NP * 64; l += 64) _mm_prefetch(p + l, _MM_HINT_T1);
+    }
+    const __m512 w = _mm512_set1_ps(a.weights ? a.weights[j] : 1.f);
+    const uint16_t* row = x + a.indices[j] * a.d + c0;
+    for (int i = 0; i < NP; ++i) {
+      const __m512i h = _mm512_maskz_loadu_epi16(i == NP - 1 ? tail : __mmask32(0xFFFFFFFFu), row + 32 * i);
+      even[i] = _mm512_fmadd_ps(w, _mm512_castsi512_ps(_mm512_slli_epi32(h, 16)), even[i]);
+      odd[i] = _mm512_fmadd_ps(w, _mm512_castsi512_ps(_mm512_and_si512(h, high_half)), odd[i]);
+    }
+  }
+  const __m512i first16 = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+  const __m512i second16 = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
+  for (int i = 0; i < NP; ++i) {
+    const __mmask32 m = i == NP - 1 ? tail : __mmask32(0xFFFFFFFFu);
+    _mm512_mask_storeu_ps(v + c0 + 32 * i, __mmask16(m), _mm512_permutex2var_ps(even[i], first16, odd[i]));
+    _mm512_mask_storeu_ps(v + c0 + 32 * i + 16, __mmask16(m >> 16), _mm512_permutex2var_ps(even[i], second16, odd[i]));
+  }
 }
 
 // Coded rows (SpmmArgs::x_codes): per 16 columns one broadcast word, one variable shift that brings
@@ -85,17 +111,25 @@ void gather_dispatch_codes(const SpmmArgs& a, int64_t jb, int64_t je, int64_t c0
   }
 }
 
-template <bool BF16>
 void gather_dispatch(const SpmmArgs& a, int64_t jb, int64_t je, int64_t c0, int nv, __mmask16 tail, float* v) {
   switch (nv) {
-    case 1: return gather_block<1, BF16>(a, jb, je, c0, tail, v);
-    case 2: return gather_block<2, BF16>(a, jb, je, c0, tail, v);
-    case 3: return gather_block<3, BF16>(a, jb, je, c0, tail, v);
-    case 4: return gather_block<4, BF16>(a, jb, je, c0, tail, v);
-    case 5: return gather_block<5, BF16>(a, jb, je, c0, tail, v);
-    case 6: return gather_block<6, BF16>(a, jb, je, c0, tail, v);
-    case 7: return gather_block<7, BF16>(a, jb, je, c0, tail, v);
-    default: return gather_block<8, BF16>(a, jb, je, c0, tail, v);
+    case 1: return gather_block<1>(a, jb, je, c0, tail, v);
+    case 2: return gather_block<2>(a, jb, je, c0, tail, v);
+    case 3: return gather_block<3>(a, jb, je, c0, tail, v);
+    case 4: return gather_block<4>(a, jb, je, c0, tail, v);
+    case 5: return gather_block<5>(a, jb, je, c0, tail, v);
+    case 6: return gather_block<6>(a, jb, je, c0, tail, v);
+    case 7: return gather_block<7>(a, jb, je, c0, tail, v);
+    default: return gather_block<8>(a, jb, je, c0, tail, v);
+  }
+}
+
+void gather_dispatch_bf16(const SpmmArgs& a, int64_t jb, int64_t je, int64_t c0, int np, __mmask32 tail, float* v) {
+  switch (np) {
+    case 1: return gather_block_bf16<1>(a, jb, je, c0, tail, v);
+    case 2: return gather_block_bf16<2>(a, jb, je, c0, tail, v);
+    case 3: return gather_block_bf16<3>(a, jb, je, c0, tail, v);
+    default: return gather_block_bf16<4>(a, jb, je, c0, tail, v);
   }
 }
 
@@ -163,16 +197,17 @@ void spmm_rows_avx512(const SpmmArgs& a, int64_t row_begin, int64_t row_end) {
   std::vector<float> v(static_cast<size_t>(d));
   for (int64_t r = row_begin; r < row_end; ++r) {
     const int64_t jb = a.indptr[r], je = a.indptr[r + 1];
+    prefetch_acc_src(a, r, row_end);
     for (int64_t c0 = 0; c0 < d; c0 += 128) {
       const int64_t cols = std::min<int64_t>(128, d - c0);
-      const int nv = int((cols + 15) / 16);
       const __mmask16 tail = cols % 16 ? __mmask16((1u << (cols % 16)) - 1) : __mmask16(0xFFFF);
       if (a.x_codes)
-        gather_dispatch_codes(a, jb, je, c0, nv, tail, v.data());
+        gather_dispatch_codes(a, jb, je, c0, int((cols + 15) / 16), tail, v.data());
       else if (a.x_bf16)
-        gather_dispatch<true>(a, jb, je, c0, nv, tail, v.data());
+        gather_dispatch_bf16(a, jb, je, c0, int((cols + 31) / 32),
+                             cols % 32 ? __mmask32((1u << (cols % 32)) - 1) : __mmask32(0xFFFFFFFFu), v.data());
       else
-        gather_dispatch<false>(a, jb, je, c0, nv, tail, v.data());
+        gather_dispatch(a, jb, je, c0, int((cols + 15) / 16), tail, v.data());
     }
     apply_row_scale(v.data(), d, a.row_scale, r);
     row_epilogue(v.data(), d, r, a.y, a.y_bf16, a.y_normalize, a.acc, a.acc_weight, a.acc_normalize, a.acc_overwrite,
