@@ -283,7 +283,9 @@ def test_fastrp_bfloat16_storage(isa):
         assert np.abs(got - f32).max() > 0  # it really stored bf16
 
 
-@pytest.mark.parametrize("dim", [1, 17, 128, 130])
+# record sizes change at 112 / 240 columns (codes + a magnitude per row, beta != 0) and at 128 / 256
+# (codes only: beta = 0 gives every row the same magnitude)
+@pytest.mark.parametrize("dim", [1, 17, 112, 113, 128, 129, 130, 240, 241, 256, 257])
 def test_fastrp_coded_first_iteration_is_bitwise_the_materialized_one(isa, dim):
     """The CPU pipeline keeps L R as sign codes; the first iterate must equal csr_spmm on the stored
     L R (fp32 or rounded to bf16) bit for bit, including the self term and beta overflow (L = inf)."""

@@ -77,13 +77,14 @@ void gather_block_codes(const SpmmArgs& a, int64_t jb, int64_t je, int64_t c0, f
   const __m256i shifts = _mm256_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14);
   const __m256i mag = _mm256_setr_epi32(0, -1, -1, 0, 0, -1, -1, 0);
   const __m256i sign = _mm256_setr_epi32(0, 0, int32_t(0x80000000u), 0, 0, 0, int32_t(0x80000000u), 0);
+  const auto table_of = [&](__m256i vb) { return _mm256_castsi256_ps(_mm256_or_si256(_mm256_and_si256(vb, mag), sign)); };
+  const __m256 shared_table = table_of(_mm256_castps_si256(_mm256_set1_ps(a.code_magnitude)));
   for (int64_t j = jb; j < je; ++j) {
     if (j + kPrefetch < a.nnz)
       _mm_prefetch(reinterpret_cast<const char*>(a.x_codes + a.indices[j + kPrefetch] * stride + c0 / 16), _MM_HINT_T0);
     const uint32_t* row = a.x_codes + a.indices[j] * stride;
     const __m256 w = _mm256_set1_ps(a.weights ? a.weights[j] : 1.f);
-    const __m256i vb = _mm256_set1_epi32(int32_t(row[a.code_words]));
-    const __m256 table = _mm256_castsi256_ps(_mm256_or_si256(_mm256_and_si256(vb, mag), sign));
+    const __m256 table = a.code_row_magnitude ? table_of(_mm256_set1_epi32(int32_t(row[a.code_words]))) : shared_table;
     for (int i = 0; i < NV; ++i) {
       const int64_t c = c0 + 8 * i;  // 8 columns: half of word c / 16
       const __m256i word = _mm256_set1_epi32(int32_t(row[c >> 4] >> (2 * (c & 15))));

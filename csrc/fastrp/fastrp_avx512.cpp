@@ -72,8 +72,8 @@ void gather_block_bf16(const SpmmArgs& a, int64_t jb, int64_t je, int64_t c0, __
 // Coded rows (SpmmArgs::x_codes): per 16 columns one broadcast word, one variable shift that brings
 // each lane's 2-bit field to the bottom, and one permute of the row's table {0, +v, -v, 0} (the
 // permute reads 4 index bits; the two above the field hold the next column's, so the table is
-// repeated 4 times). One record (codes + magnitude) is one cache line. The products are those of
-// the materialized row: fma(w, +-v or +0, acc).
+// repeated 4 times). One record (codes, and the magnitude unless all rows share it) is half or one
+// cache line. The products are those of the materialized row: fma(w, +-v or +0, acc).
 template <int NV>
 void gather_block_codes(const SpmmArgs& a, int64_t jb, int64_t je, int64_t c0, __mmask16 tail, float* v) {
   __m512 acc[NV];
@@ -83,13 +83,14 @@ void gather_block_codes(const SpmmArgs& a, int64_t jb, int64_t je, int64_t c0, _
   // table = v & magnitude lanes | sign lanes: lanes 1 mod 4 = +v, 2 mod 4 = -v (v >= +0), others +0
   const __m512i mag = _mm512_setr_epi32(0, -1, -1, 0, 0, -1, -1, 0, 0, -1, -1, 0, 0, -1, -1, 0);
   const __m512i sign = _mm512_maskz_mov_epi32(0x4444, _mm512_set1_epi32(int32_t(0x80000000u)));
+  const auto table_of = [&](__m512i vb) { return _mm512_castsi512_ps(_mm512_ternarylogic_epi32(vb, mag, sign, 0xEA)); };  // (a & b) | c
+  const __m512 shared_table = table_of(_mm512_castps_si512(_mm512_set1_ps(a.code_magnitude)));
   for (int64_t j = jb; j < je; ++j) {
     if (j + kPrefetch < a.nnz)
       _mm_prefetch(reinterpret_cast<const char*>(a.x_codes + a.indices[j + kPrefetch] * stride + w0), _MM_HINT_T0);
     const uint32_t* row = a.x_codes + a.indices[j] * stride;
     const __m512 w = _mm512_set1_ps(a.weights ? a.weights[j] : 1.f);
-    const __m512i vb = _mm512_set1_epi32(int32_t(row[a.code_words]));
-    const __m512 table = _mm512_castsi512_ps(_mm512_ternarylogic_epi32(vb, mag, sign, 0xEA));  // (a & b) | c
+    const __m512 table = a.code_row_magnitude ? table_of(_mm512_set1_epi32(int32_t(row[a.code_words]))) : shared_table;
     for (int i = 0; i < NV; ++i) {
       const __m512i field = _mm512_srlv_epi32(_mm512_set1_epi32(int32_t(row[w0 + i])), shifts);
       acc[i] = _mm512_fmadd_ps(w, _mm512_permutexvar_ps(field, table), acc[i]);

@@ -15,26 +15,40 @@
 // Sign codes: when x_codes is set the SpMM reads x from them instead of `x`. Row i's codes are the
 // code_stride 32-bit words at x_codes + i * code_stride: words [0, code_words) hold 2 bits per
 // column (column c in bits 2 (c % 16) and 2 (c % 16) + 1 of word c / 16: 01 = +, 10 = -, 00 = 0)
-// and word code_words holds the row's magnitude v_i as float bits, so that
+// and, with code_row_magnitude, word code_words holds the row's magnitude v_i as float bits
+// (otherwise every row's is code_magnitude: L constant, e.g. beta = 0), so that
 //   x[i, c] = +v_i, -v_i or +0.
 // This is exactly the initial matrix L R of FastRP (entries 0 or +-sqrt(s) * L[i], in the storage
 // dtype: fp32 and bf16 rounding are sign-symmetric and 0 * finite L is +0) in one 32- or 64-byte
-// aligned record per row (d <= 112 or d <= 240) instead of 4 d bytes: the first iteration gathers
-// one cache line per non-zero from a cache-resident array instead of DRAM rows. Each 2-bit field
-// indexes a 4-entry table {0, +v, -v, 0}, which AVX-512 / AVX2 expand with one variable shift and
-// one permute per vector.
-inline int64_t code_words_of(int64_t d) { return (d + 15) / 16; }
-inline int64_t code_stride_of(int64_t d) {  // words per row: codes + magnitude, padded to 8 or 16 words
-  const int64_t w = code_words_of(d) + 1;
-  return w <= 8 ? 8 : (w + 15) / 16 * 16;
-}
-
+// aligned record per row (d <= 112 or d <= 240; without per-row magnitudes d <= 128 or d <= 256)
+// instead of 4 d bytes: the first iteration gathers one cache line per non-zero from a
+// cache-resident array instead of DRAM rows. Each 2-bit field indexes a 4-entry table
+// {0, +v, -v, 0}, which AVX-512 / AVX2 expand with one variable shift and one permute per vector.
+//
 // init_rows: the initial FastRP matrix  v = L[r] * [R(key_r, 0 .. rand_dim) | features[r] @ P]
 // with the same y / acc epilogue, except that acc is overwritten (acc = acc_weight * ...).
 #pragma once
 #include <cstdint>
 
+#include "common/float_convert.h"
+
 namespace embkern::fastrp {
+
+// Sign-code records (see above).
+inline int64_t code_words_of(int64_t d) { return (d + 15) / 16; }
+inline int64_t code_stride_of(int64_t d, bool row_magnitude) {  // codes (+ magnitude), padded to 8 or 16k words
+  const int64_t w = code_words_of(d) + (row_magnitude ? 1 : 0);
+  return w <= 8 ? 8 : (w + 15) / 16 * 16;
+}
+
+// The magnitude of coded row r: sqrt(s) * L[r] (the product apply_row_scale makes), in the storage
+// dtype. (In the ISA namespace: it is inline code compiled with each ISA's flags.)
+inline namespace EMBKERN_ISA_NS {
+inline float code_magnitude_of(float sqrt_s, const float* row_scale, int64_t r, bool bf16) {
+  const float v = row_scale ? sqrt_s * row_scale[r] : sqrt_s;
+  return bf16 ? bf16_to_f32(f32_to_bf16(v)) : v;
+}
+}  // namespace EMBKERN_ISA_NS
 
 struct SpmmArgs {
   const int64_t* indptr;   // [rows + 1]
@@ -59,7 +73,9 @@ struct SpmmArgs {
   bool acc_src_normalize;
   const uint32_t* x_codes; // [*, code_stride] or nullptr (see above; x is then unused)
   int64_t code_words;      // code_words_of(d)
-  int64_t code_stride;     // code_stride_of(d)
+  int64_t code_stride;     // code_stride_of(d, code_row_magnitude)
+  bool code_row_magnitude; // each record ends with its row's magnitude; else all rows have code_magnitude
+  float code_magnitude;
 };
 
 struct InitArgs {
@@ -78,7 +94,8 @@ struct InitArgs {
   float* acc;                // overwritten; nullptr to skip
   float acc_weight;
   bool acc_normalize;
-  uint32_t* codes;           // [rows, code_stride_of(dim)] or nullptr: L R as sign codes (rand_dim == dim),
+  uint32_t* codes;           // [rows, code_stride_of(dim, code_row_magnitude)] or nullptr: L R as sign
+  bool code_row_magnitude;   // codes (rand_dim == dim), with each row's magnitude when L is not constant;
   bool vals_bf16;            // the magnitude sqrt(s) * L[r] rounded to bf16 (bf16 storage)
 };
 

@@ -158,6 +158,7 @@ inline void fill_codes_scalar(uint64_t row_state, uint32_t* words, int64_t n, ui
 
 // The magnitude of coded row src.
 inline float code_magnitude(const SpmmArgs& a, int64_t src) {
+  if (!a.code_row_magnitude) return a.code_magnitude;
   float v;
   std::memcpy(&v, a.x_codes + src * a.code_stride + a.code_words, 4);
   return v;
@@ -177,17 +178,19 @@ inline void init_rows_impl(const InitArgs& a, int64_t row_begin, int64_t row_end
                            FillCodes&& fill_codes) {
   std::vector<float> v(static_cast<size_t>(a.dim));
   const int64_t fdim = a.dim - a.rand_dim;
-  const int64_t cw = code_words_of(a.dim), stride = code_stride_of(a.dim);
+  const int64_t cw = code_words_of(a.dim), stride = code_stride_of(a.dim, a.code_row_magnitude);
   for (int64_t r = row_begin; r < row_end; ++r) {
     const int64_t key = a.keys ? a.keys[r] : r;
     const uint64_t rs = rp_row_state(a.seed_state, key);
     if (a.codes) {
       uint32_t* row = a.codes + r * stride;
       fill_codes(rs, row, a.dim, a.threshold);
-      float val = a.row_scale ? a.sqrt_s * a.row_scale[r] : a.sqrt_s;  // == apply_row_scale's product
-      if (a.vals_bf16) val = bf16_to_f32(f32_to_bf16(val));
-      std::memcpy(row + cw, &val, 4);
-      std::memset(row + cw + 1, 0, size_t(stride - cw - 1) * 4);  // padding: no uninitialized bytes
+      int64_t used = cw;
+      if (a.code_row_magnitude) {
+        const float val = code_magnitude_of(a.sqrt_s, a.row_scale, r, a.vals_bf16);
+        std::memcpy(row + used++, &val, 4);
+      }
+      std::memset(row + used, 0, size_t(stride - used) * 4);  // padding: no uninitialized bytes
       if (!a.y && !a.acc) continue;
     }
     fill_random(rs, v.data(), a.rand_dim, a.threshold, a.sqrt_s);
