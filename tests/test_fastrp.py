@@ -395,6 +395,22 @@ def test_fastrp_unit_weights_equal_no_weights(isa):
         assert not np.array_equal(embkern.fastrp((ip, ix, heavier), 32, [0.0, 1.0, 1.0], beta=-0.5, dtype=dtype), want)
 
 
+def test_fastrp_degrees_of_a_graph_weighted_in_one_block_only(isa):
+    """The degree pass works on blocks of 4096 rows and takes entry counts where a block's weights are
+    all 1: a graph with unit weights except in the second block must still match the reference."""
+    rng = np.random.default_rng(16)
+    n = 10_000
+    a = undirected_graph(rng, n, 30_000)
+    rows = np.repeat(np.arange(n), np.diff(a.indptr))
+    a.data = np.where((rows >= 4096) & (rows < 8192) & (a.indices % 3 == 0), 2.5, 1.0).astype(np.float32)
+    kw = dict(beta=-0.5, normalize="merge")
+    got = embkern.fastrp(a, 16, [0.0, 1.0, 1.0], seed=3, **kw)
+    want = reference_embedding(a, 16, [0.0, 1.0, 1.0], seed=3, **kw)
+    np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-5)
+    unit = embkern.fastrp((a.indptr, a.indices, None), 16, [0.0, 1.0, 1.0], seed=3, **kw)
+    assert not np.allclose(got[4096:8192], unit[4096:8192], rtol=1e-3, atol=1e-3)  # the weights mattered
+
+
 def test_fastrp_all_isas_bitwise_identical():
     rng = np.random.default_rng(11)
     a = undirected_graph(rng, 300, 1500, weighted=True)

@@ -164,4 +164,6 @@ void spmm_rows_avx2(const SpmmArgs& a, int64_t row_begin, int64_t row_end) {
 
 void init_rows_avx2(const InitArgs& a, int64_t row_begin, int64_t row_end) { init_rows_impl(a, row_begin, row_end, fill_random_scalar, fill_codes_scalar); }
 
+DegreeFlags degree_rows_avx2(const DegreeArgs& a, int64_t row_begin, int64_t row_end) { return degree_rows_impl(a, row_begin, row_end); }
+
 }  // namespace embkern::fastrp

@@ -219,4 +219,6 @@ void spmm_rows_avx512(const SpmmArgs& a, int64_t row_begin, int64_t row_end) {
 
 void init_rows_avx512(const InitArgs& a, int64_t row_begin, int64_t row_end) { init_rows_impl(a, row_begin, row_end, fill_random_avx512, fill_codes_avx512); }
 
+DegreeFlags degree_rows_avx512(const DegreeArgs& a, int64_t row_begin, int64_t row_end) { return degree_rows_impl(a, row_begin, row_end); }
+
 }  // namespace embkern::fastrp

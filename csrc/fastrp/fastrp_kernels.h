@@ -99,6 +99,23 @@ struct InitArgs {
   bool vals_bf16;            // the magnitude sqrt(s) * L[r] rounded to bf16 (bf16 storage)
 };
 
+// degree_rows: rows [row_begin, row_end) of FastRP's degrees, deg = the row's weights summed in CSR
+// order in double (the entry count without weights): inv_deg = 1 / deg and lscale = deg^beta (0 and 1
+// for deg 0; 1 for beta 0), and the checks of those rows' entries (the pass reads them anyway).
+struct DegreeArgs {
+  const int64_t* indptr;   // [n + 1], checked: starts at 0, non-decreasing
+  const int64_t* indices;  // [nnz]
+  const float* weights;    // [nnz] or nullptr
+  int64_t n;
+  double beta;
+  float* inv_deg;          // [n]
+  float* lscale;           // [n]
+};
+struct DegreeFlags {
+  bool bad_entry = false;  // an index outside [0, n), or a weight negative, NaN or inf
+  bool non_unit = false;   // a weight other than 1
+};
+
 void spmm_rows_scalar(const SpmmArgs& a, int64_t row_begin, int64_t row_end);
 void spmm_rows_avx2(const SpmmArgs& a, int64_t row_begin, int64_t row_end);
 void spmm_rows_avx512(const SpmmArgs& a, int64_t row_begin, int64_t row_end);
@@ -106,5 +123,9 @@ void spmm_rows_avx512(const SpmmArgs& a, int64_t row_begin, int64_t row_end);
 void init_rows_scalar(const InitArgs& a, int64_t row_begin, int64_t row_end);
 void init_rows_avx2(const InitArgs& a, int64_t row_begin, int64_t row_end);
 void init_rows_avx512(const InitArgs& a, int64_t row_begin, int64_t row_end);
+
+DegreeFlags degree_rows_scalar(const DegreeArgs& a, int64_t row_begin, int64_t row_end);
+DegreeFlags degree_rows_avx2(const DegreeArgs& a, int64_t row_begin, int64_t row_end);
+DegreeFlags degree_rows_avx512(const DegreeArgs& a, int64_t row_begin, int64_t row_end);
 
 }  // namespace embkern::fastrp

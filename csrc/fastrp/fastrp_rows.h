@@ -4,7 +4,9 @@
 #pragma once
 #include <cmath>
 #include <cstdint>
+#include <algorithm>
 #include <cstring>
+#include <limits>
 #include <vector>
 
 #if defined(__AVX2__)
@@ -143,6 +145,42 @@ inline void apply_row_scale(float* v, int64_t d, const float* row_scale, int64_t
   if (!row_scale) return;
   const float s = row_scale[row];
   for (int64_t c = 0; c < d; ++c) v[c] *= s;
+}
+
+// See degree_rows in fastrp_kernels.h. 4096 rows at a time: their entries are one contiguous range,
+// checked by flat loops that count offenders (count reductions vectorize; bool reductions did not),
+// then summed per row while still in L2. A block whose weights are all 1 takes the counts (the same
+// doubles) and skips the chain of dependent adds.
+inline DegreeFlags degree_rows_impl(const DegreeArgs& a, int64_t row_begin, int64_t row_end) {
+  constexpr float kMax = std::numeric_limits<float>::max();
+  const int64_t* ip = a.indptr;
+  const float* w = a.weights;
+  uint64_t bad = 0, not_one = 0;
+  for (int64_t b = row_begin; b < row_end; b += 4096) {
+    const int64_t e = std::min(row_end, b + 4096);
+    for (int64_t j = ip[b]; j < ip[e]; ++j) bad += static_cast<uint64_t>(a.indices[j]) >= static_cast<uint64_t>(a.n);
+    uint64_t block_not_one = 0;
+    if (w)
+      for (int64_t j = ip[b]; j < ip[e]; ++j) {
+        bad += !(w[j] >= 0.f) | !(w[j] <= kMax);  // NaN fails too
+        block_not_one += w[j] != 1.f;
+      }
+    not_one += block_not_one;
+    const bool counts = !w || block_not_one == 0;
+    for (int64_t r = b; r < e; ++r) {
+      double deg = 0.0;
+      if (counts)
+        deg = double(ip[r + 1] - ip[r]);
+      else
+        for (int64_t j = ip[r]; j < ip[r + 1]; ++j) deg += w[j];
+      a.inv_deg[r] = deg > 0 ? float(1.0 / deg) : 0.f;
+      a.lscale[r] = deg > 0 && a.beta != 0.0 ? float(std::pow(deg, a.beta)) : 1.f;  // pow(x, 0) == 1: skip libm
+    }
+  }
+  DegreeFlags f;
+  f.bad_entry = bad != 0;
+  f.non_unit = not_one != 0;
+  return f;
 }
 
 // v[0 .. n) = R[row_state, 0 .. n): the portable version of the hash loop.
