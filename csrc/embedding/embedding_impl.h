@@ -73,7 +73,9 @@ constexpr int64_t kPrefetchAhead = 16;  // rows ahead (FBGEMM's SpMDM distance)
 constexpr int64_t kBlockPairs = 256;    // (value, probe) rows hashed before accumulating
 constexpr int64_t kGradPrefetchAhead = 12;  // backward: pairs ahead
 
-inline void prefetch_bytes(const void* p, int64_t bytes) {
+// always_inline: GCC 12 can find a prefetch-only helper free of side effects and delete its calls
+// before inlining them (seen with fastrp's equivalent helper).
+[[gnu::always_inline]] inline void prefetch_bytes(const void* p, int64_t bytes) {
   const char* c = static_cast<const char*>(p);
   for (int64_t o = 0; o < bytes; o += 64) __builtin_prefetch(c + o, 0, 3);
 }

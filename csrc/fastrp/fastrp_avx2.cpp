@@ -3,7 +3,6 @@
 // scalar fma for the last d % 8 columns.
 #include <immintrin.h>
 
-#include <type_traits>
 #include <vector>
 
 #include "fastrp/fastrp_rows.h"
@@ -11,19 +10,14 @@
 namespace embkern::fastrp {
 namespace {
 
-constexpr int64_t kPrefetch = 16;  // entries ahead (see fastrp_avx512.cpp)
-
 template <int NV>
 void gather_block(const SpmmArgs& a, int64_t jb, int64_t je, int64_t c0, float* v) {
   __m256 acc[NV];
   for (int i = 0; i < NV; ++i) acc[i] = _mm256_setzero_ps();
   const float* x = static_cast<const float*>(a.x);
   for (int64_t j = jb; j < je; ++j) {
-    if (j + kPrefetch < a.nnz) {
-      const char* p = reinterpret_cast<const char*>(x + a.indices[j + kPrefetch] * a.d + c0);
-      for (int64_t l = 0; l < NV * 32; l += 64) _mm_prefetch(p + l, _MM_HINT_T1);
-    }
-    const __m256 w = _mm256_set1_ps(a.weights ? a.weights[j] : 1.f);
+    prefetch_x_row(a, j + kGatherAhead, c0, 4, NV * 32);
+    const __m256 w = _mm256_set1_ps(entry_weight(a, j));
     const float* row = x + a.indices[j] * a.d + c0;
     for (int i = 0; i < NV; ++i) acc[i] = _mm256_fmadd_ps(w, _mm256_loadu_ps(row + 8 * i), acc[i]);
   }
@@ -43,11 +37,8 @@ void gather_block_bf16(const SpmmArgs& a, int64_t jb, int64_t je, int64_t c0, fl
   const __m256i high_half = _mm256_set1_epi32(int32_t(0xFFFF0000u));
   const uint16_t* x = static_cast<const uint16_t*>(a.x);
   for (int64_t j = jb; j < je; ++j) {
-    if (j + kPrefetch < a.nnz) {
-      const char* p = reinterpret_cast<const char*>(x + a.indices[j + kPrefetch] * a.d + c0);
-      for (int64_t l = 0; l < NV * 16; l += 64) _mm_prefetch(p + l, _MM_HINT_T1);
-    }
-    const __m256 w = _mm256_set1_ps(a.weights ? a.weights[j] : 1.f);
+    prefetch_x_row(a, j + kGatherAhead, c0, 2, NV * 16);
+    const __m256 w = _mm256_set1_ps(entry_weight(a, j));
     const uint16_t* row = x + a.indices[j] * a.d + c0;
     for (int i = 0; i < NP; ++i) {
       const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + 16 * i));
@@ -80,10 +71,10 @@ void gather_block_codes(const SpmmArgs& a, int64_t jb, int64_t je, int64_t c0, f
   const auto table_of = [&](__m256i vb) { return _mm256_castsi256_ps(_mm256_or_si256(_mm256_and_si256(vb, mag), sign)); };
   const __m256 shared_table = table_of(_mm256_castps_si256(_mm256_set1_ps(a.code_magnitude)));
   for (int64_t j = jb; j < je; ++j) {
-    if (j + kPrefetch < a.nnz)
-      _mm_prefetch(reinterpret_cast<const char*>(a.x_codes + a.indices[j + kPrefetch] * stride + c0 / 16), _MM_HINT_T0);
+    if (j + kGatherAhead < a.nnz)
+      _mm_prefetch(reinterpret_cast<const char*>(a.x_codes + a.indices[j + kGatherAhead] * stride + c0 / 16), _MM_HINT_T0);
     const uint32_t* row = a.x_codes + a.indices[j] * stride;
-    const __m256 w = _mm256_set1_ps(a.weights ? a.weights[j] : 1.f);
+    const __m256 w = _mm256_set1_ps(entry_weight(a, j));
     const __m256 table = a.code_row_magnitude ? table_of(_mm256_set1_epi32(int32_t(row[a.code_words]))) : shared_table;
     for (int i = 0; i < NV; ++i) {
       const int64_t c = c0 + 8 * i;  // 8 columns: half of word c / 16
@@ -92,37 +83,6 @@ void gather_block_codes(const SpmmArgs& a, int64_t jb, int64_t je, int64_t c0, f
     }
   }
   for (int i = 0; i < NV; ++i) _mm256_storeu_ps(v + c0 + 8 * i, acc[i]);
-}
-
-void gather_dispatch_codes(const SpmmArgs& a, int64_t jb, int64_t je, int64_t c0, int nv, float* v) {
-  switch (nv) {
-    case 1: return gather_block_codes<1>(a, jb, je, c0, v);
-    case 2: return gather_block_codes<2>(a, jb, je, c0, v);
-    case 3: return gather_block_codes<3>(a, jb, je, c0, v);
-    case 4: return gather_block_codes<4>(a, jb, je, c0, v);
-    case 5: return gather_block_codes<5>(a, jb, je, c0, v);
-    case 6: return gather_block_codes<6>(a, jb, je, c0, v);
-    case 7: return gather_block_codes<7>(a, jb, je, c0, v);
-    default: return gather_block_codes<8>(a, jb, je, c0, v);
-  }
-}
-
-template <bool BF16>
-void gather_dispatch(const SpmmArgs& a, int64_t jb, int64_t je, int64_t c0, int nv, float* v) {
-  constexpr auto block = [](auto nv_c) {
-    constexpr int NV = decltype(nv_c)::value;
-    return BF16 ? gather_block_bf16<NV> : gather_block<NV>;
-  };
-  switch (nv) {
-    case 1: return block(std::integral_constant<int, 1>())(a, jb, je, c0, v);
-    case 2: return block(std::integral_constant<int, 2>())(a, jb, je, c0, v);
-    case 3: return block(std::integral_constant<int, 3>())(a, jb, je, c0, v);
-    case 4: return block(std::integral_constant<int, 4>())(a, jb, je, c0, v);
-    case 5: return block(std::integral_constant<int, 5>())(a, jb, je, c0, v);
-    case 6: return block(std::integral_constant<int, 6>())(a, jb, je, c0, v);
-    case 7: return block(std::integral_constant<int, 7>())(a, jb, je, c0, v);
-    default: return block(std::integral_constant<int, 8>())(a, jb, je, c0, v);
-  }
 }
 
 }  // namespace
@@ -135,17 +95,19 @@ void spmm_rows_avx2(const SpmmArgs& a, int64_t row_begin, int64_t row_end) {
     prefetch_acc_src(a, r, row_end);
     for (int64_t c0 = 0; c0 < dv; c0 += 64) {
       const int nv = int(std::min<int64_t>(64, dv - c0) / 8);
-      if (a.x_codes)
-        gather_dispatch_codes(a, jb, je, c0, nv, v.data());
-      else if (a.x_bf16)
-        gather_dispatch<true>(a, jb, je, c0, nv, v.data());
-      else
-        gather_dispatch<false>(a, jb, je, c0, nv, v.data());
+      with_vector_count(nv, [&](auto n) {
+        if (a.x_codes)
+          gather_block_codes<n>(a, jb, je, c0, v.data());
+        else if (a.x_bf16)
+          gather_block_bf16<n>(a, jb, je, c0, v.data());
+        else
+          gather_block<n>(a, jb, je, c0, v.data());
+      });
     }
     for (int64_t c = dv; c < d; ++c) v[c] = 0.f;
     if (dv < d) {
       for (int64_t j = jb; j < je; ++j) {
-        const float w = a.weights ? a.weights[j] : 1.f;
+        const float w = entry_weight(a, j);
         const int64_t src = a.indices[j] * d;
         for (int64_t c = dv; c < d; ++c) {
           const float x = a.x_codes ? code_value(a, a.indices[j], c)

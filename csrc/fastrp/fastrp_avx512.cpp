@@ -10,21 +10,14 @@
 namespace embkern::fastrp {
 namespace {
 
-// Rows are prefetched 16 entries ahead into L2 (T1): measured best among distances 2..32 and hints
-// T0/T1/none on a Sapphire Rapids VM (T0 fills the line buffers and L1 with rows needed much later).
-constexpr int64_t kPrefetch = 16;
-
 template <int NV>
 void gather_block(const SpmmArgs& a, int64_t jb, int64_t je, int64_t c0, __mmask16 tail, float* v) {
   __m512 acc[NV];
   for (int i = 0; i < NV; ++i) acc[i] = _mm512_setzero_ps();
   const float* x = static_cast<const float*>(a.x);
   for (int64_t j = jb; j < je; ++j) {
-    if (j + kPrefetch < a.nnz) {
-      const char* p = reinterpret_cast<const char*>(x + a.indices[j + kPrefetch] * a.d + c0);
-      for (int64_t l = 0; l < NV * 64; l += 64) _mm_prefetch(p + l, _MM_HINT_T1);
-    }
-    const __m512 w = _mm512_set1_ps(a.weights ? a.weights[j] : 1.f);
+    prefetch_x_row(a, j + kGatherAhead, c0, 4, NV * 64);
+    const __m512 w = _mm512_set1_ps(entry_weight(a, j));
     const float* row = x + a.indices[j] * a.d + c0;
     for (int i = 0; i < NV; ++i)
       acc[i] = _mm512_fmadd_ps(w, _mm512_maskz_loadu_ps(i == NV - 1 ? tail : __mmask16(0xFFFF), row + 16 * i), acc[i]);
@@ -48,11 +41,8 @@ void gather_block_bf16(const SpmmArgs& a, int64_t jb, int64_t je, int64_t c0, __
   const __m512i high_half = _mm512_set1_epi32(int32_t(0xFFFF0000u));
   const uint16_t* x = static_cast<const uint16_t*>(a.x);
   for (int64_t j = jb; j < je; ++j) {
-    if (j + kPrefetch < a.nnz) {
-      const char* p = reinterpret_cast<const char*>(x + a.indices[j + kPrefetch] * a.d + c0);
-      for (int64_t l = 0; l < NP * 64; l += 64) _mm_prefetch(p + l, _MM_HINT_T1);
-    }
-    const __m512 w = _mm512_set1_ps(a.weights ? a.weights[j] : 1.f);
+    prefetch_x_row(a, j + kGatherAhead, c0, 2, NP * 64);
+    const __m512 w = _mm512_set1_ps(entry_weight(a, j));
     const uint16_t* row = x + a.indices[j] * a.d + c0;
     for (int i = 0; i < NP; ++i) {
       const __m512i h = _mm512_maskz_loadu_epi16(i == NP - 1 ? tail : __mmask32(0xFFFFFFFFu), row + 32 * i);
@@ -86,10 +76,10 @@ void gather_block_codes(const SpmmArgs& a, int64_t jb, int64_t je, int64_t c0, _
   const auto table_of = [&](__m512i vb) { return _mm512_castsi512_ps(_mm512_ternarylogic_epi32(vb, mag, sign, 0xEA)); };  // (a & b) | c
   const __m512 shared_table = table_of(_mm512_castps_si512(_mm512_set1_ps(a.code_magnitude)));
   for (int64_t j = jb; j < je; ++j) {
-    if (j + kPrefetch < a.nnz)
-      _mm_prefetch(reinterpret_cast<const char*>(a.x_codes + a.indices[j + kPrefetch] * stride + w0), _MM_HINT_T0);
+    if (j + kGatherAhead < a.nnz)
+      _mm_prefetch(reinterpret_cast<const char*>(a.x_codes + a.indices[j + kGatherAhead] * stride + w0), _MM_HINT_T0);
     const uint32_t* row = a.x_codes + a.indices[j] * stride;
-    const __m512 w = _mm512_set1_ps(a.weights ? a.weights[j] : 1.f);
+    const __m512 w = _mm512_set1_ps(entry_weight(a, j));
     const __m512 table = a.code_row_magnitude ? table_of(_mm512_set1_epi32(int32_t(row[a.code_words]))) : shared_table;
     for (int i = 0; i < NV; ++i) {
       const __m512i field = _mm512_srlv_epi32(_mm512_set1_epi32(int32_t(row[w0 + i])), shifts);
@@ -97,41 +87,6 @@ void gather_block_codes(const SpmmArgs& a, int64_t jb, int64_t je, int64_t c0, _
     }
   }
   for (int i = 0; i < NV; ++i) _mm512_mask_storeu_ps(v + c0 + 16 * i, i == NV - 1 ? tail : __mmask16(0xFFFF), acc[i]);
-}
-
-void gather_dispatch_codes(const SpmmArgs& a, int64_t jb, int64_t je, int64_t c0, int nv, __mmask16 tail, float* v) {
-  switch (nv) {
-    case 1: return gather_block_codes<1>(a, jb, je, c0, tail, v);
-    case 2: return gather_block_codes<2>(a, jb, je, c0, tail, v);
-    case 3: return gather_block_codes<3>(a, jb, je, c0, tail, v);
-    case 4: return gather_block_codes<4>(a, jb, je, c0, tail, v);
-    case 5: return gather_block_codes<5>(a, jb, je, c0, tail, v);
-    case 6: return gather_block_codes<6>(a, jb, je, c0, tail, v);
-    case 7: return gather_block_codes<7>(a, jb, je, c0, tail, v);
-    default: return gather_block_codes<8>(a, jb, je, c0, tail, v);
-  }
-}
-
-void gather_dispatch(const SpmmArgs& a, int64_t jb, int64_t je, int64_t c0, int nv, __mmask16 tail, float* v) {
-  switch (nv) {
-    case 1: return gather_block<1>(a, jb, je, c0, tail, v);
-    case 2: return gather_block<2>(a, jb, je, c0, tail, v);
-    case 3: return gather_block<3>(a, jb, je, c0, tail, v);
-    case 4: return gather_block<4>(a, jb, je, c0, tail, v);
-    case 5: return gather_block<5>(a, jb, je, c0, tail, v);
-    case 6: return gather_block<6>(a, jb, je, c0, tail, v);
-    case 7: return gather_block<7>(a, jb, je, c0, tail, v);
-    default: return gather_block<8>(a, jb, je, c0, tail, v);
-  }
-}
-
-void gather_dispatch_bf16(const SpmmArgs& a, int64_t jb, int64_t je, int64_t c0, int np, __mmask32 tail, float* v) {
-  switch (np) {
-    case 1: return gather_block_bf16<1>(a, jb, je, c0, tail, v);
-    case 2: return gather_block_bf16<2>(a, jb, je, c0, tail, v);
-    case 3: return gather_block_bf16<3>(a, jb, je, c0, tail, v);
-    default: return gather_block_bf16<4>(a, jb, je, c0, tail, v);
-  }
 }
 
 // R entries 8 columns at a time: the splitmix64 finalizer on 8 uint64 lanes (VPMULLQ, AVX-512DQ),
@@ -203,12 +158,14 @@ void spmm_rows_avx512(const SpmmArgs& a, int64_t row_begin, int64_t row_end) {
       const int64_t cols = std::min<int64_t>(128, d - c0);
       const __mmask16 tail = cols % 16 ? __mmask16((1u << (cols % 16)) - 1) : __mmask16(0xFFFF);
       if (a.x_codes)
-        gather_dispatch_codes(a, jb, je, c0, int((cols + 15) / 16), tail, v.data());
+        with_vector_count(int((cols + 15) / 16), [&](auto nv) { gather_block_codes<nv>(a, jb, je, c0, tail, v.data()); });
       else if (a.x_bf16)
-        gather_dispatch_bf16(a, jb, je, c0, int((cols + 31) / 32),
-                             cols % 32 ? __mmask32((1u << (cols % 32)) - 1) : __mmask32(0xFFFFFFFFu), v.data());
+        with_vector_count(int((cols + 31) / 32), [&](auto np) {
+          gather_block_bf16<np>(a, jb, je, c0, cols % 32 ? __mmask32((1u << (cols % 32)) - 1) : __mmask32(0xFFFFFFFFu),
+                                v.data());
+        });
       else
-        gather_dispatch(a, jb, je, c0, int((cols + 15) / 16), tail, v.data());
+        with_vector_count(int((cols + 15) / 16), [&](auto nv) { gather_block<nv>(a, jb, je, c0, tail, v.data()); });
     }
     apply_row_scale(v.data(), d, a.row_scale, r);
     row_epilogue(v.data(), d, r, a.y, a.y_bf16, a.y_normalize, a.acc, a.acc_weight, a.acc_normalize, a.acc_overwrite,

@@ -13,7 +13,7 @@ void spmm_rows_scalar(const SpmmArgs& a, int64_t row_begin, int64_t row_end) {
     prefetch_acc_src(a, r, row_end);
     std::fill(v.begin(), v.end(), 0.f);
     for (int64_t j = a.indptr[r]; j < a.indptr[r + 1]; ++j) {
-      const float w = a.weights ? a.weights[j] : 1.f;
+      const float w = entry_weight(a, j);
       const int64_t src = a.indices[j] * d;
       if (a.x_codes) {
         for (int64_t c = 0; c < d; ++c) v[c] = std::fma(w, code_value(a, a.indices[j], c), v[c]);

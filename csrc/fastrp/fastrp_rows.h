@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cstring>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 #if defined(__AVX2__)
@@ -130,10 +131,43 @@ inline void row_epilogue(float* v, int64_t d, int64_t row, void* y, bool y_bf16,
   }
 }
 
+// Gathered rows are prefetched this many entries ahead into L2 (T1): measured best among distances
+// 2..32 and hints T0/T1/none on a Sapphire Rapids VM (T0 fills the line buffers and L1 with rows
+// needed much later).
+constexpr int64_t kGatherAhead = 16;
+
+// Prefetches the `bytes` of x's row indices[j] (elements of esize bytes) from column c0 on, into
+// L2, when entry j exists. Prefetch helpers are always_inline: GCC 12 otherwise finds them free of
+// side effects (they only read memory) and deletes their calls before inlining, prefetches and all.
+[[gnu::always_inline]] inline void prefetch_x_row(const SpmmArgs& a, int64_t j, int64_t c0, int64_t esize, int64_t bytes) {
+  if (j >= a.nnz) return;
+  const char* p = static_cast<const char*>(a.x) + (a.indices[j] * a.d + c0) * esize;
+  for (int64_t l = 0; l < bytes; l += 64) __builtin_prefetch(p + l, 0, 2);  // locality 2: T1
+}
+
+inline float entry_weight(const SpmmArgs& a, int64_t j) { return a.weights ? a.weights[j] : 1.f; }
+
+// f(std::integral_constant<int, count>()) for count in [1, 8] (larger counts give 8): the vector
+// kernels take their number of accumulators per column block as a template parameter, so that the
+// accumulators stay in registers.
+template <class F>
+inline void with_vector_count(int count, F&& f) {
+  switch (count) {
+    case 1: return f(std::integral_constant<int, 1>());
+    case 2: return f(std::integral_constant<int, 2>());
+    case 3: return f(std::integral_constant<int, 3>());
+    case 4: return f(std::integral_constant<int, 4>());
+    case 5: return f(std::integral_constant<int, 5>());
+    case 6: return f(std::integral_constant<int, 6>());
+    case 7: return f(std::integral_constant<int, 7>());
+    default: return f(std::integral_constant<int, 8>());
+  }
+}
+
 // The pending term's row (SpmmArgs::acc_src) is read once, by the epilogue, after the row's random
 // gathers, which keep the hardware prefetcher from following the sequential stream: fetch it two rows
 // early (the last SpMM at P5's size: ~18 ms faster in fp32 and bf16).
-inline void prefetch_acc_src(const SpmmArgs& a, int64_t row, int64_t row_end) {
+[[gnu::always_inline]] inline void prefetch_acc_src(const SpmmArgs& a, int64_t row, int64_t row_end) {
   constexpr int64_t kAhead = 2;
   if (!a.acc_src || row + kAhead >= row_end) return;
   const int64_t bytes = a.d * (a.acc_src_bf16 ? 2 : 4);

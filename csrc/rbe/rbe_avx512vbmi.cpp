@@ -149,7 +149,7 @@ struct Block {
 
 // Part q of qn of the prefetch of database rows [begin, end) into L2: the next block's rows arrive
 // while the queries scan the current one (fill would otherwise wait on memory, about 10% of the time).
-inline void prefetch_part(const uint8_t* db, int64_t begin, int64_t end, int64_t code_bytes, int64_t q, int64_t qn) {
+[[gnu::always_inline]] inline void prefetch_part(const uint8_t* db, int64_t begin, int64_t end, int64_t code_bytes, int64_t q, int64_t qn) {
   const int64_t first = begin * code_bytes / 64, last = (end * code_bytes + 63) / 64;
   const int64_t per = (last - first + qn - 1) / qn;
   for (int64_t l = first + q * per, e = std::min(last, l + per); l < e; ++l)
