@@ -29,6 +29,7 @@
 // with the same y / acc epilogue, except that acc is overwritten (acc = acc_weight * ...).
 #pragma once
 #include <cstdint>
+#include <limits>
 
 #include "common/float_convert.h"
 
@@ -48,6 +49,11 @@ inline float code_magnitude_of(float sqrt_s, const float* row_scale, int64_t r, 
   const float v = row_scale ? sqrt_s * row_scale[r] : sqrt_s;
   return bf16 ? bf16_to_f32(f32_to_bf16(v)) : v;
 }
+// The entry checks, shared by the op's first-offender scans and the degree pass (which must agree:
+// an entry the pass flags is then located by the scans). A negative index is huge as unsigned; a
+// graph weight must be finite and non-negative (NaN fails both compares; | keeps loops vectorizable).
+inline bool bad_index(int64_t i, int64_t n) { return static_cast<uint64_t>(i) >= static_cast<uint64_t>(n); }
+inline bool bad_graph_weight(float w) { return !(w >= 0.f) | !(w <= std::numeric_limits<float>::max()); }
 }  // namespace EMBKERN_ISA_NS
 
 struct SpmmArgs {

@@ -44,8 +44,8 @@ int64_t item_i64(const Tensor& t) { return t.item<int64_t>(); }
 // The first position where `bad` (bool, 1-D) is true.
 int64_t first_true(const Tensor& bad) { return item_i64(bad.to(at::kByte).argmax()); }
 
-// The first i in [0, n) with bad(i), or -1: blocks of 4096 are tested without early exit (the loop
-// vectorizes), in parallel; only a block that holds an offender is scanned again for its position.
+// The first i in [0, n) with bad(i), or -1: blocks of 4096 are tested without early exit, in
+// parallel; only a block that holds an offender is scanned again for its position.
 // These checks read every index of a 10M-entry graph, so a plain early-exit loop cost ~20 ms.
 template <class Bad>
 int64_t first_offender(int64_t n, Bad&& bad) {
@@ -100,12 +100,11 @@ void check_csr(const Tensor& indptr, const Tensor& indices, const OptTensor& wei
     last = ip[rows];
     p_drop = first_offender(rows, [&](int64_t r) { return ip[r + 1] < ip[r]; });
     if (scan_entries)
-      p_index = first_offender(nnz, [&](int64_t j) { return static_cast<uint64_t>(ix[j]) >= static_cast<uint64_t>(cols); });
+      p_index = first_offender(nnz, [&](int64_t j) { return bad_index(ix[j], cols); });
     if (weights && graph_weights && scan_entries) {
       const Tensor wc = weights->contiguous();
       const float* w = wc.data_ptr<float>();
-      constexpr float kMax = std::numeric_limits<float>::max();
-      p_weight = first_offender(nnz, [&](int64_t j) { return !(w[j] >= 0.f && w[j] <= kMax); });  // NaN fails too
+      p_weight = first_offender(nnz, [&](int64_t j) { return bad_graph_weight(w[j]); });
     }
   } else {
     first = item_i64(indptr[0]);

@@ -6,7 +6,6 @@
 #include <cstdint>
 #include <algorithm>
 #include <cstring>
-#include <limits>
 #include <type_traits>
 #include <vector>
 
@@ -186,17 +185,16 @@ inline void apply_row_scale(float* v, int64_t d, const float* row_scale, int64_t
 // then summed per row while still in L2. A block whose weights are all 1 takes the counts (the same
 // doubles) and skips the chain of dependent adds.
 inline DegreeFlags degree_rows_impl(const DegreeArgs& a, int64_t row_begin, int64_t row_end) {
-  constexpr float kMax = std::numeric_limits<float>::max();
   const int64_t* ip = a.indptr;
   const float* w = a.weights;
   uint64_t bad = 0, not_one = 0;
   for (int64_t b = row_begin; b < row_end; b += 4096) {
     const int64_t e = std::min(row_end, b + 4096);
-    for (int64_t j = ip[b]; j < ip[e]; ++j) bad += static_cast<uint64_t>(a.indices[j]) >= static_cast<uint64_t>(a.n);
+    for (int64_t j = ip[b]; j < ip[e]; ++j) bad += bad_index(a.indices[j], a.n);
     uint64_t block_not_one = 0;
     if (w)
       for (int64_t j = ip[b]; j < ip[e]; ++j) {
-        bad += !(w[j] >= 0.f) | !(w[j] <= kMax);  // NaN fails too
+        bad += bad_graph_weight(w[j]);
         block_not_one += w[j] != 1.f;
       }
     not_one += block_not_one;
