@@ -89,10 +89,11 @@ def main(full: bool = False) -> str:
     # = 1.39 and 1.75 consecutive but 2.00 and 2.30 alternating.
     for label, dtype, esize in (("float32", torch.float32, 4), ("bfloat16 storage", torch.bfloat16, 2)):
         t = timeit(lambda: embkern.fastrp(adj, dim, WEIGHTS, seed=1, dtype=dtype), repeat=reps)
-        # init writes L R as sign codes (dim / 4 + 4 bytes a row) that iteration 1 gathers; iteration 1
+        # init writes L R as sign codes (dim / 4 bytes a row: beta = 0 gives every row the same
+        # magnitude, so records carry no magnitude word) that iteration 1 gathers; iteration 1
         # stores its iterate and skips acc (weight 0); 2 stores its iterate with its term pending (the
         # two-buffer schedule); 3 reads that stored iterate back and writes the fp32 output once
-        code = dim // 4 + 4
+        code = dim // 4
         total = (n * code + 8 * (n + 1) + 12 * nnz + nnz * code + n * dim * esize
                  + spmm_bytes(n, nnz, dim, esize, True, False)
                  + spmm_bytes(n, nnz, dim, esize, False, False) + n * dim * esize + n * dim * 4)
