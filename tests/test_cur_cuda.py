@@ -66,3 +66,21 @@ def test_cur_index_on_cuda():
     v, i = index.topk(c, 10)
     gv, gi = index.to("cuda").topk(c.cuda(), 10)
     assert torch.equal(gi.cpu(), i)
+
+
+# ---- opcheck ------------------------------------------------------------------------------------------
+
+
+def _opcheck_all(device):
+    """torch.library.opcheck on score_topk (the cur family's one op), the arguments of test_cur's
+    test_score_topk_opcheck on `device`."""
+    C, E = torch.randn(3, 8, device=device), torch.randn(8, 100, device=device)
+    ex = torch.tensor([[1, -1], [2, 3], [-1, -1]], device=device)
+    torch.library.opcheck(torch.ops.embkern.score_topk, (C, E, 5, ex, None))
+    torch.library.opcheck(torch.ops.embkern.score_topk, (C, E.to(torch.int8), 5, None, torch.rand(100, device=device)))
+    torch.library.opcheck(torch.ops.embkern.score_topk, (C, E.bfloat16(), 7))
+    torch.library.opcheck(torch.ops.embkern.score_topk, (C.clone().requires_grad_(), E.clone().requires_grad_(), 6))
+
+
+def test_opcheck_cuda():
+    _opcheck_all("cuda")

@@ -110,3 +110,35 @@ def test_module_and_autograd_cuda():
     psw = torch.rand(v.numel(), dtype=torch.float64, device="cuda", requires_grad=True)
     assert torch.autograd.gradcheck(
         lambda w_, p_: OPS.mux_embedding_bag(w_, *cuda((v, o, *lay)), "sum", "concat", p_, False), (w, psw))
+
+
+# ---- opcheck ------------------------------------------------------------------------------------------
+
+
+def _opcheck_all(device):
+    """torch.library.opcheck on every embedding op with a CUDA kernel, the arguments of test_embedding's
+    test_opcheck (plus the sparse backward) on `device`; in-place ops get a fresh clone per call."""
+    w, v, o, lay = make_problem({"a": 2, "b": 1}, 40, 6, 3, seed=14)
+    w, v, o = w.to(device), v.to(device), o.to(device)
+    lay = tuple(t.to(device) for t in lay)
+    psw = torch.rand(v.numel(), device=device)
+    wg = w.clone().requires_grad_(True)
+    torch.library.opcheck(OPS.mux_embedding_bag, (wg, v, o, *lay, "sum", "concat", None, False))
+    torch.library.opcheck(OPS.mux_embedding_bag, (wg, v, o, *lay, "mean", "sum", None, False))
+    torch.library.opcheck(OPS.mux_embedding_bag, (wg, v, o, *lay, "sum", "concat", psw.requires_grad_(True), False))
+    torch.library.opcheck(OPS.mux_embedding_bag, (w, v, o, *lay, "none", "sum", None, False))
+    g = torch.randn(3, 18, device=device)
+    torch.library.opcheck(OPS.mux_embedding_bag_backward, (g, w, v, o, *lay, "sum", "concat", None))
+    torch.library.opcheck(OPS.mux_embedding_bag_backward_sparse, (g, w, v, o, *lay, "sum", "concat", None))
+    torch.library.opcheck(OPS.mux_embedding_bag_psw_backward, (g, w, v, o, *lay, "sum", "concat", None))
+    torch.library.opcheck(OPS.mux_embedding_bag_sgd_, (w.clone(), g, v, o, *lay, "sum", "concat", None, 0.1))
+    torch.library.opcheck(OPS.mux_embedding_bag_rowwise_adagrad_,
+                          (w.clone(), torch.zeros(40, device=device), g, v, o, *lay, "sum", "concat", None, 0.1, 1e-8))
+    torch.library.opcheck(OPS.mux_embedding_bag_fused,
+                          (w.clone(), torch.zeros(0, device=device), v, o, *lay, "sum", "concat", None, "sgd", 0.1,
+                           1e-8),
+                          test_utils=("test_schema", "test_faketensor"))
+
+
+def test_opcheck_cuda():
+    _opcheck_all("cuda")

@@ -7,6 +7,7 @@ import scipy.sparse as sp
 import torch
 
 import embkern
+from test_fastrp import random_csr
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available() or not embkern.build_info()["cuda"],
                                 reason="needs a CUDA device and a CUDA build")
@@ -99,3 +100,39 @@ def test_csr_spmm_misaligned_rows():
         cpu = embkern.csr_spmm(ip, ix, w, x)
         gpu = embkern.csr_spmm(*cuda(ip, ix, w), base.cuda()[1:].view(200, 64))
         assert torch.equal(gpu.cpu(), cpu)
+
+
+# ---- opcheck ------------------------------------------------------------------------------------------
+
+
+def _opcheck_all(device):
+    """torch.library.opcheck on every fastrp op (all have a CUDA kernel), the arguments of test_fastrp's
+    test_opcheck and test_opcheck_autograd on `device`; the in-place op gets a fresh output buffer."""
+    rng = np.random.default_rng(18)
+    a = random_csr(rng, 40, 40, 0.1)
+    ip, ix, w = (torch.from_numpy(a.indptr).long().to(device), torch.from_numpy(a.indices).long().to(device),
+                 torch.from_numpy(a.data).to(device))
+    x = torch.randn(40, 19, device=device)
+    samples = [
+        (torch.ops.embkern.csr_spmm.default, (ip, ix, w, x, torch.rand(40, device=device), True)),
+        (torch.ops.embkern.csr_spmm.default, (ip, ix, None, x.bfloat16(), None, False)),
+        (torch.ops.embkern.csr_spmm_accumulate_.default,
+         (torch.zeros(40, 19, device=device), ip, ix, w, x, None, 0.5, True)),
+        (torch.ops.embkern.fastrp.default,
+         (ip, ix, w, 40, 16, [0.0, 1.0, 1.0], 0.5, -0.2, 3.0, 7, None, "propagate", None, 0, torch.bfloat16)),
+        (torch.ops.embkern.fastrp_projection.default, (torch.arange(10, device=device), 12, 3.0, 1, False)),
+    ]
+    for op, args in samples:
+        torch.library.opcheck(op, args, test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_static"))
+    rng = np.random.default_rng(19)
+    a = random_csr(rng, 30, 20, 0.2)
+    ip, ix, w = (torch.from_numpy(a.indptr).long().to(device), torch.from_numpy(a.indices).long().to(device),
+                 torch.from_numpy(a.data).to(device))
+    for normalize in (False, True):
+        x = torch.randn(20, 9, device=device, requires_grad=True)
+        torch.library.opcheck(torch.ops.embkern.csr_spmm.default,
+                              (ip, ix, w, x, torch.rand(30, device=device), normalize))
+
+
+def test_opcheck_cuda():
+    _opcheck_all("cuda")

@@ -78,3 +78,29 @@ def test_rescore_and_search_index_on_cuda():
     vg, ig = index.search(qx.cuda(), 5, rescore=4)
     v, i = cpu_index.search(qx, 5, rescore=4)
     assert torch.equal(ig.cpu(), i)
+
+
+# ---- opcheck ------------------------------------------------------------------------------------------
+
+
+def _opcheck_all(device):
+    """torch.library.opcheck on every int8 op (all have a CUDA kernel), the arguments of test_int8's
+    test_opcheck on `device`."""
+    g = torch.Generator().manual_seed(0)
+    q = torch.randint(-128, 128, (5, 21), dtype=torch.int8, generator=g)
+    db = torch.randint(-128, 128, (300, 21), dtype=torch.int8, generator=g)
+    norms = embkern.int8_norms(db)
+    samples = [
+        (torch.ops.embkern.int8_quantize.default,
+         (torch.randn(6, 21, generator=g), torch.tensor(0.02), torch.tensor(3, dtype=torch.int32))),
+        (torch.ops.embkern.int8_quantize.default,
+         (torch.randn(6, 21, generator=g), torch.rand(21, generator=g) + 0.1, torch.zeros(21, dtype=torch.int32))),
+        (torch.ops.embkern.int8_topk.default, (q, db, 7)),
+        (torch.ops.embkern.int8_topk.default, (q, db, 7, "cosine", norms)),
+    ]
+    for op, args in samples:
+        torch.library.opcheck(op, tuple(a.to(device) if isinstance(a, torch.Tensor) else a for a in args))
+
+
+def test_opcheck_cuda():
+    _opcheck_all("cuda")

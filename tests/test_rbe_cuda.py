@@ -68,3 +68,23 @@ def test_cuda_bad_inputs():
         embkern.sdc_topk(q, q, 16, 5, 1)
     with pytest.raises(ValueError, match=r"same device"):
         embkern.sdc_scores(q, q.cpu(), 16, 2)
+
+
+# ---- opcheck ------------------------------------------------------------------------------------------
+
+
+def _opcheck_all(device):
+    """torch.library.opcheck on the rbe ops with a CUDA kernel (sdc_scores, sdc_topk), the arguments of
+    test_rbe's test_opcheck on `device`."""
+    g = torch.Generator().manual_seed(0)
+    q = torch.randint(0, 256, (5, 25), dtype=torch.uint8, generator=g)  # dim 100 x 2 bits
+    db = torch.randint(0, 256, (300, 25), dtype=torch.uint8, generator=g)
+    inv = torch.rand(300, generator=g) + 0.5
+    q, db, inv = q.to(device), db.to(device), inv.to(device)
+    torch.library.opcheck(torch.ops.embkern.sdc_scores.default, (q, db, 100, 2, None))
+    torch.library.opcheck(torch.ops.embkern.sdc_scores.default, (q, db, 100, 2, inv))
+    torch.library.opcheck(torch.ops.embkern.sdc_topk.default, (q, db, 100, 2, 7, inv))
+
+
+def test_opcheck_cuda():
+    _opcheck_all("cuda")
