@@ -6,9 +6,9 @@
 // out exactly as on the CPU. So CPU and CUDA agree bit for bit, and runs are deterministic (no
 // float atomics).
 //
-// Forward: one warp per batch row (pooled) or per value (pooling none); lane l owns the columns
-// l, l + 32, ... of the row (coalesced 128-byte loads of each weight row); row indices are hashed
-// by lane j for value j of the bag and broadcast by shuffle.
+// Forward: one warp per (batch row, probe) (pooled, concat), per batch row (pooled, sum) or per value
+// (pooling none); lane l owns the columns l, l + 32, ... of the row (coalesced 128-byte loads of
+// each weight row); row indices are hashed by lane j for value j of the bag and broadcast by shuffle.
 // Backward: pairs (row, code) -> CUB stable radix sort on the row bits -> run-length encode ->
 // one warp per unique row sums its gradient slots in pair order -> write (sparse / dense) or apply
 // SGD / rowwise Adagrad once per row.
@@ -84,6 +84,8 @@ __device__ __forceinline__ void warp_pool(const ForwardArgs& a, int64_t s, int64
     int64_t my_row = 0;
     if (c + lane < e) my_row = dev_probe_row(mix64(dev_value_bits(L, c + lane)), L.keys[g], L.row_base[g], L.row_size[g]);
     const int n = int(e - c < kWarp ? e - c : int64_t(kWarp));
+    // unrolled so that several rows' loads are in flight before the first add (the adds stay in order)
+#pragma unroll 4
     for (int j = 0; j < n; ++j) {
       const int64_t r = __shfl_sync(0xffffffffu, my_row, j);
       const T* wr = w + r * D;
@@ -130,6 +132,22 @@ __global__ void forward_pooled_kernel(ForwardArgs a) {
   }
 }
 
+// Combine concat: one warp per (batch row, probe), B * G warps rather than B, so that enough rows are
+// in flight to cover memory latency; each slice is pooled exactly as forward_pooled_kernel pools it.
+template <class T, class A>
+__global__ void forward_concat_kernel(ForwardArgs a) {
+  const int lane = threadIdx.x % kWarp;
+  const MuxLayout& L = a.L;
+  const int64_t item = int64_t(blockIdx.x) * kWarpsPerBlock + threadIdx.x / kWarp;
+  if (item >= L.batch * L.num_probes) return;
+  const int64_t b = item / L.num_probes, g = item % L.num_probes;
+  int64_t f = 0;  // the feature of probe g
+  while (L.probe_offsets[f + 1] <= g) ++f;
+  const int64_t s = L.offsets[f * L.batch + b], e = L.offsets[f * L.batch + b + 1];
+  A* out = static_cast<A*>(a.out) + b * a.out_cols + g * a.dim;
+  for (int64_t d0 = 0; d0 < a.dim; d0 += kWarp * kMaxCols) warp_pool<T, A>(a, s, e, g, d0, out, false, lane);
+}
+
 template <class T, class A>
 __global__ void forward_none_kernel(ForwardArgs a) {
   const int lane = threadIdx.x % kWarp;
@@ -163,6 +181,10 @@ void launch_forward(const ForwardArgs& a, int64_t items, cudaStream_t stream, co
 template <class T, class A>
 struct PooledLaunch {
   static void launch(dim3 g, dim3 b, cudaStream_t s, const ForwardArgs& a) { forward_pooled_kernel<T, A><<<g, b, 0, s>>>(a); }
+};
+template <class T, class A>
+struct ConcatLaunch {
+  static void launch(dim3 g, dim3 b, cudaStream_t s, const ForwardArgs& a) { forward_concat_kernel<T, A><<<g, b, 0, s>>>(a); }
 };
 template <class T, class A>
 struct NoneLaunch {
@@ -259,7 +281,10 @@ unsigned warp_grid(int64_t items) { return unsigned((items + kWarpsPerBlock - 1)
 }  // namespace
 
 void forward_pooled(const ForwardArgs& a, cudaStream_t stream) {
-  launch_forward<PooledLaunch>(a, a.L.batch, stream, "mux_embedding_bag forward kernel");
+  if (a.combine == kCombineConcat)
+    launch_forward<ConcatLaunch>(a, a.L.batch * a.L.num_probes, stream, "mux_embedding_bag forward kernel");
+  else
+    launch_forward<PooledLaunch>(a, a.L.batch, stream, "mux_embedding_bag forward kernel");
 }
 
 void forward_none(const ForwardArgs& a, cudaStream_t stream) {

@@ -10,7 +10,8 @@
 
 namespace embkern::emb::cuda {
 
-// Pooled forward (sum / mean): one warp per batch row; out must be zero-filled (combine sum adds).
+// Pooled forward (sum / mean): one warp per (batch row, probe) for combine concat (writes every
+// element), per batch row for combine sum (adds: out must be zero-filled).
 void forward_pooled(const ForwardArgs& a, cudaStream_t stream);
 // pooling none: one warp per value; out zero-filled (probes a feature lacks stay 0).
 void forward_none(const ForwardArgs& a, cudaStream_t stream);
@@ -21,7 +22,7 @@ void forward_none(const ForwardArgs& a, cudaStream_t stream);
 void prepare_pairs(const MuxLayout& L, int pooling, int probe_bits, bool f64, const void* psw, const int64_t* pair_base,
                    int64_t* slot_row, void* scale, uint64_t* keys, uint64_t* codes, cudaStream_t stream);
 size_t sort_segments_temp_bytes(int64_t num_pairs, int bits);
-// Stable radix sort of the pairs by row (CUB), leaving them in row 0 of keys / codes; unique rows,
+// Stable radix sort of the pairs by row (CUB), leaving them in row 1 of keys / codes; unique rows,
 // seg_start[U + 1]. Returns U (waits for the stream to read it).
 int64_t sort_segments(uint64_t* keys, uint64_t* codes, int64_t num_pairs, int bits, void* temp, size_t temp_bytes,
                       int64_t* unique_rows, int64_t* seg_start, int64_t* num_runs, cudaStream_t stream);

@@ -719,7 +719,10 @@ Tensor fused_forward_cpu(const Tensor& weight, const Tensor& momentum, EMBKERN_E
 cudaStream_t current_stream(const Tensor& t) { return c10::cuda::getCurrentCUDAStream(t.device().index()).stream(); }
 
 Tensor forward_acc_cuda(const Problem& p, const Tensor& weight) {
-  Tensor out = at::zeros({p.out_rows(), p.out_cols()}, weight.options().dtype(acc_dtype(p.wtype)));
+  // pooled concat writes every element; the other forms add into (or skip) parts of a zeroed output
+  const bool writes_all = p.pooling != kPoolNone && p.combine == kCombineConcat;
+  const auto opts = weight.options().dtype(acc_dtype(p.wtype));
+  Tensor out = writes_all ? at::empty({p.out_rows(), p.out_cols()}, opts) : at::zeros({p.out_rows(), p.out_cols()}, opts);
   if (out.numel() == 0) return out;
   const Tensor w = weight.contiguous();
   const ForwardArgs a = forward_args(p, w, out);

@@ -61,6 +61,8 @@ __device__ __forceinline__ void gather(const SpmmArgs& a, int64_t r, int64_t c, 
     const int64_t my_idx = j < je ? a.indices[j] : 0;
     const float my_w = j < je ? (a.weights ? a.weights[j] : 1.f) : 0.f;
     const int cnt = int(je - j0 < 32 ? je - j0 : 32);
+    // unrolled so that several rows' loads are in flight before the first fma (the fmas stay in order)
+#pragma unroll 4
     for (int t = 0; t < cnt; ++t) {
       const int64_t idx = __shfl_sync(0xffffffffu, my_idx, t);
       const float w = __shfl_sync(0xffffffffu, my_w, t);
