@@ -36,6 +36,25 @@ def timeit(fn: Callable[[], Any], *, warmup: int = 1, repeat: int = 5, min_time:
     return {"median_s": statistics.median(times), "min_s": min(times), "repeats": len(times)}
 
 
+def device_timeit(fn: Callable[[], Any], *, warmup: int = 3, repeat: int = 20) -> dict:
+    """Median (and min) time of fn() on the current CUDA device, each call between two CUDA events
+    (no host synchronization inside the timed region); plain timeit() when CUDA is absent, so a GPU
+    benchmark can be tried on the CPU at small sizes."""
+    if not torch.cuda.is_available():
+        return timeit(fn, warmup=min(warmup, 1), repeat=min(repeat, 3))
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(repeat)]
+    for start, stop in events:
+        start.record()
+        fn()
+        stop.record()
+    torch.cuda.synchronize()
+    times = [start.elapsed_time(stop) / 1e3 for start, stop in events]
+    return {"median_s": statistics.median(times), "min_s": min(times), "repeats": len(times)}
+
+
 def cpu_mhz() -> float | None:
     """The highest clock /proc/cpuinfo reports (nominal on VMs), for instruction-bound estimates."""
     try:
@@ -149,6 +168,8 @@ def plot(doc: dict, path: Path) -> None:
     except ImportError:
         return
     cases = list(dict.fromkeys(r["case"] for r in doc["rows"]))
+    if not cases:
+        return
     fig, axes = plt.subplots(1, len(cases), figsize=(4.5 * len(cases), 3.5), squeeze=False)
     for ax, case in zip(axes[0], cases):
         rows = [r for r in doc["rows"] if r["case"] == case and r.get("median_s")]
