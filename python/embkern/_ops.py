@@ -271,11 +271,12 @@ def _csr_spmm_backward(ctx, grad):
         g = (g - y * (y * g).sum(dim=1, keepdim=True)) * inv
     rows, m = indptr.numel() - 1, ctx.x_shape[0]
     row_of = torch.repeat_interleave(torch.arange(rows, device=indptr.device), indptr.diff())
-    order = torch.sort(indices, stable=True).indices
+    sorted_indices, order = torch.sort(indices, stable=True)
     t_indices = row_of[order]
     t_weights = None if weights is None else weights[order]
-    t_indptr = torch.zeros(m + 1, dtype=torch.int64, device=indptr.device)
-    t_indptr[1:] = torch.bincount(indices, minlength=m).cumsum(0)
+    # t_indptr[c] = #entries with column < c; unlike bincount, its size does not depend on the data
+    # (opcheck's dynamic-shape tracing cannot guard on a bincount length)
+    t_indptr = torch.searchsorted(sorted_indices, torch.arange(m + 1, dtype=sorted_indices.dtype, device=indptr.device))
     if row_scale is not None:
         g = g * row_scale[:, None]
     gx = torch.ops.embkern.csr_spmm(t_indptr, t_indices, t_weights, g.contiguous(), None, False)
