@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <optional>
 #include <string>
@@ -107,19 +108,34 @@ void check_csr(const Tensor& indptr, const Tensor& indices, const OptTensor& wei
       p_weight = first_offender(nnz, [&](int64_t j) { return bad_graph_weight(w[j]); });
     }
   } else {
-    first = item_i64(indptr[0]);
-    last = item_i64(indptr[rows]);
-    if (rows > 0) {
-      const Tensor drop = indptr.slice(0, 1) < indptr.slice(0, 0, rows);
-      if (drop.any().item<bool>()) p_drop = first_true(drop);
-    }
+    // One reduction per array and one transfer (a single synchronization): indptr's ends, whether
+    // it drops anywhere, the index range, and the weight range as float64 bits (NaN makes min >= 0
+    // false). Positions are looked up only when something is wrong.
+    const auto i64 = indptr.options().dtype(at::kLong);
+    std::vector<Tensor> parts{indptr.narrow(0, 0, 1), indptr.narrow(0, rows, 1)};
+    parts.push_back(rows > 0 ? at::lt(indptr.slice(0, 1), indptr.slice(0, 0, rows)).any().to(i64).reshape({1})
+                             : at::zeros({1}, i64));
     if (nnz > 0) {
       const auto [lo, hi] = at::aminmax(indices);
-      if (item_i64(lo) < 0 || item_i64(hi) >= cols) p_index = first_true((indices < 0).logical_or_(indices >= cols));
+      parts.push_back(at::stack({lo, hi}));
     }
-    if (weights && graph_weights && nnz > 0) {
-      const Tensor bad = at::isfinite(*weights).logical_not_().logical_or_(*weights < 0);
-      if (bad.any().item<bool>()) p_weight = first_true(bad);
+    const bool scan_weights = weights && graph_weights && nnz > 0;
+    if (scan_weights) {
+      const auto [lo, hi] = at::aminmax(*weights);
+      parts.push_back(at::stack({lo, hi}).to(at::kDouble).view(at::kLong));
+    }
+    const Tensor h = at::cat(parts).cpu();
+    const int64_t* v = h.data_ptr<int64_t>();
+    first = v[0];
+    last = v[1];
+    if (v[2] != 0) p_drop = first_true(indptr.slice(0, 1) < indptr.slice(0, 0, rows));
+    if (nnz > 0 && (v[3] < 0 || v[4] >= cols)) p_index = first_true((indices < 0).logical_or_(indices >= cols));
+    if (scan_weights) {
+      double wlo, whi;
+      std::memcpy(&wlo, v + 5, sizeof(double));  // scan_weights implies nnz > 0: the index range is at 3, 4
+      std::memcpy(&whi, v + 6, sizeof(double));
+      if (!(wlo >= 0 && whi <= std::numeric_limits<double>::max()))
+        p_weight = first_true(at::isfinite(*weights).logical_not_().logical_or_(*weights < 0));
     }
   }
   TORCH_CHECK_VALUE(first == 0, op, ": indptr[0] must be 0, got ", first);
