@@ -6,12 +6,12 @@
 // out exactly as on the CPU. So CPU and CUDA agree bit for bit, and runs are deterministic (no
 // float atomics).
 //
-// Forward: one warp per (batch row, probe) (pooled, concat), per batch row (pooled, sum) or per value
+// Forward: one warp per (feature, batch row) (pooled, concat), per batch row (pooled, sum) or per value
 // (pooling none); lane l owns the columns l, l + 32, ... of the row (coalesced 128-byte loads of
 // each weight row); row indices are hashed by lane j for value j of the bag and broadcast by shuffle.
 // Backward: pairs (row, code) -> CUB stable radix sort on the row bits -> run-length encode ->
-// one warp per unique row sums its gradient slots in pair order -> write (sparse / dense) or apply
-// SGD / rowwise Adagrad once per row.
+// one warp per unique row sums its gradient slots in pair order -> write (sparse / dense), apply SGD
+// right there, or apply rowwise Adagrad once per row in a second kernel (it needs the row's norm).
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
@@ -68,17 +68,18 @@ __device__ __forceinline__ int64_t dev_probe_row(uint64_t premixed, uint64_t key
   return base + int64_t(hash_to_range(mix64(premixed ^ key), uint64_t(size)));
 }
 
-// Pools the bag [s, e) of probe g over columns [d0, d0 + 32 * kMaxCols) into out (= or +=).
-template <class T, class A>
+// Pools the bag [s, e) of probe g over columns [d0, d0 + 32 * COLS) into out (= or +=). COLS, the
+// columns per lane in one pass, only splits the columns: each column's sum is the same.
+template <class T, class A, int COLS = kMaxCols>
 __device__ __forceinline__ void warp_pool(const ForwardArgs& a, int64_t s, int64_t e, int64_t g, int64_t d0,
                                           A* out_row, bool accumulate, int lane) {
   const T* w = static_cast<const T*>(a.weight);
   const A* psw = static_cast<const A*>(a.psw);
   const int64_t D = a.dim;
   const MuxLayout& L = a.L;
-  A acc[kMaxCols];
+  A acc[COLS];
 #pragma unroll
-  for (int k = 0; k < kMaxCols; ++k) acc[k] = A(0);
+  for (int k = 0; k < COLS; ++k) acc[k] = A(0);
   for (int64_t c = s; c < e; c += kWarp) {
     // lane j hashes value c + j; the warp then walks the chunk in order
     int64_t my_row = 0;
@@ -92,13 +93,13 @@ __device__ __forceinline__ void warp_pool(const ForwardArgs& a, int64_t s, int64
       if (psw) {
         const A sc = psw[c + j];
 #pragma unroll
-        for (int k = 0; k < kMaxCols; ++k) {
+        for (int k = 0; k < COLS; ++k) {
           const int64_t d = d0 + lane + k * kWarp;
           if (d < D) acc[k] = fma_acc(sc, A(load_acc(wr + d)), acc[k]);
         }
       } else {
 #pragma unroll
-        for (int k = 0; k < kMaxCols; ++k) {
+        for (int k = 0; k < COLS; ++k) {
           const int64_t d = d0 + lane + k * kWarp;
           if (d < D) acc[k] = add_acc(acc[k], A(load_acc(wr + d)));
         }
@@ -107,7 +108,7 @@ __device__ __forceinline__ void warp_pool(const ForwardArgs& a, int64_t s, int64
   }
   const bool mean = a.pooling == kPoolMean && e > s;
 #pragma unroll
-  for (int k = 0; k < kMaxCols; ++k) {
+  for (int k = 0; k < COLS; ++k) {
     const int64_t d = d0 + lane + k * kWarp;
     if (d < D) {
       A v = mean ? div_acc(acc[k], A(e - s)) : acc[k];
@@ -132,20 +133,23 @@ __global__ void forward_pooled_kernel(ForwardArgs a) {
   }
 }
 
-// Combine concat: one warp per (batch row, probe), B * G warps rather than B, so that enough rows are
-// in flight to cover memory latency; each slice is pooled exactly as forward_pooled_kernel pools it.
-template <class T, class A>
+// Combine concat: one warp per (feature, batch row), B * F warps rather than B, so that enough rows
+// are in flight to cover memory latency; consecutive warps take consecutive bags of a feature
+// (adjacent offsets and values). Each probe's slice is pooled exactly as forward_pooled_kernel pools
+// it, COLS columns per lane (the fewest registers for D).
+template <class T, class A, int COLS>
 __global__ void forward_concat_kernel(ForwardArgs a) {
   const int lane = threadIdx.x % kWarp;
   const MuxLayout& L = a.L;
   const int64_t item = int64_t(blockIdx.x) * kWarpsPerBlock + threadIdx.x / kWarp;
-  if (item >= L.batch * L.num_probes) return;
-  const int64_t b = item / L.num_probes, g = item % L.num_probes;
-  int64_t f = 0;  // the feature of probe g
-  while (L.probe_offsets[f + 1] <= g) ++f;
-  const int64_t s = L.offsets[f * L.batch + b], e = L.offsets[f * L.batch + b + 1];
-  A* out = static_cast<A*>(a.out) + b * a.out_cols + g * a.dim;
-  for (int64_t d0 = 0; d0 < a.dim; d0 += kWarp * kMaxCols) warp_pool<T, A>(a, s, e, g, d0, out, false, lane);
+  if (item >= L.num_features * L.batch) return;
+  const int64_t f = item / L.batch, b = item % L.batch;
+  const int64_t s = L.offsets[item], e = L.offsets[item + 1];
+  A* out = static_cast<A*>(a.out) + b * a.out_cols;
+  const int64_t g_end = L.probe_offsets[f + 1];
+  for (int64_t g = L.probe_offsets[f]; g < g_end; ++g)
+    for (int64_t d0 = 0; d0 < a.dim; d0 += kWarp * COLS)
+      warp_pool<T, A, COLS>(a, s, e, g, d0, out + g * a.dim, false, lane);
 }
 
 template <class T, class A>
@@ -184,7 +188,16 @@ struct PooledLaunch {
 };
 template <class T, class A>
 struct ConcatLaunch {
-  static void launch(dim3 g, dim3 b, cudaStream_t s, const ForwardArgs& a) { forward_concat_kernel<T, A><<<g, b, 0, s>>>(a); }
+  static void launch(dim3 g, dim3 b, cudaStream_t s, const ForwardArgs& a) {
+    if (a.dim <= kWarp)
+      forward_concat_kernel<T, A, 1><<<g, b, 0, s>>>(a);
+    else if (a.dim <= 2 * kWarp)
+      forward_concat_kernel<T, A, 2><<<g, b, 0, s>>>(a);
+    else if (a.dim <= 4 * kWarp)
+      forward_concat_kernel<T, A, 4><<<g, b, 0, s>>>(a);
+    else
+      forward_concat_kernel<T, A, kMaxCols><<<g, b, 0, s>>>(a);
+  }
 };
 template <class T, class A>
 struct NoneLaunch {
@@ -214,7 +227,9 @@ __global__ void prepare_pairs_kernel(MuxLayout L, int pooling, int probe_bits, c
   }
 }
 
-template <class A>
+// SGD: the summed gradient updates its row at once (w = fma(-lr, g, w), as apply_rows_kernel does)
+// instead of going through gsum: the segment's row is rows[p0].
+template <class T, class A, bool SGD>
 __global__ void reduce_segments_kernel(BackwardArgs a, int64_t U) {
   const int lane = threadIdx.x % kWarp;
   const int64_t u = int64_t(blockIdx.x) * kWarpsPerBlock + threadIdx.x / kWarp;
@@ -223,7 +238,9 @@ __global__ void reduce_segments_kernel(BackwardArgs a, int64_t U) {
   const A* scale = static_cast<const A*>(a.scale);
   const uint64_t gmask = (uint64_t(1) << a.probe_bits) - 1;
   const int64_t p0 = a.seg_start[u], p1 = a.seg_start[u + 1], D = a.dim;
-  A* out = static_cast<A*>(a.out) + u * D;
+  A* out = SGD ? nullptr : static_cast<A*>(a.out) + u * D;
+  T* w = SGD ? static_cast<T*>(a.weight) + int64_t(a.rows[p0]) * D : nullptr;
+  const A neg_lr = -A(a.lr);
   for (int64_t d0 = 0; d0 < D; d0 += kWarp * kMaxCols) {
     A acc[kMaxCols];
 #pragma unroll
@@ -242,7 +259,12 @@ __global__ void reduce_segments_kernel(BackwardArgs a, int64_t U) {
 #pragma unroll
     for (int k = 0; k < kMaxCols; ++k) {
       const int64_t d = d0 + lane + k * kWarp;
-      if (d < D) out[d] = acc[k];
+      if (d < D) {
+        if constexpr (SGD)
+          store_w(w + d, fma_acc(neg_lr, acc[k], A(load_acc(w + d))));
+        else
+          out[d] = acc[k];
+      }
     }
   }
 }
@@ -282,7 +304,7 @@ unsigned warp_grid(int64_t items) { return unsigned((items + kWarpsPerBlock - 1)
 
 void forward_pooled(const ForwardArgs& a, cudaStream_t stream) {
   if (a.combine == kCombineConcat)
-    launch_forward<ConcatLaunch>(a, a.L.batch * a.L.num_probes, stream, "mux_embedding_bag forward kernel");
+    launch_forward<ConcatLaunch>(a, a.L.num_features * a.L.batch, stream, "mux_embedding_bag forward kernel");
   else
     launch_forward<PooledLaunch>(a, a.L.batch, stream, "mux_embedding_bag forward kernel");
 }
@@ -352,10 +374,22 @@ int64_t sort_segments(uint64_t* keys, uint64_t* codes, int64_t num_pairs, int bi
 void reduce_segments(const BackwardArgs& a, int64_t U, cudaStream_t stream) {
   if (U == 0) return;
   if (a.wtype == WType::F64)
-    reduce_segments_kernel<double><<<warp_grid(U), kWarp * kWarpsPerBlock, 0, stream>>>(a, U);
+    reduce_segments_kernel<double, double, false><<<warp_grid(U), kWarp * kWarpsPerBlock, 0, stream>>>(a, U);
   else
-    reduce_segments_kernel<float><<<warp_grid(U), kWarp * kWarpsPerBlock, 0, stream>>>(a, U);
+    reduce_segments_kernel<float, float, false><<<warp_grid(U), kWarp * kWarpsPerBlock, 0, stream>>>(a, U);
   check_launch("mux_embedding_bag segment reduce kernel");
+}
+
+void reduce_segments_sgd(const BackwardArgs& a, int64_t U, cudaStream_t stream) {
+  if (U == 0) return;
+  const unsigned grid = warp_grid(U), block = kWarp * kWarpsPerBlock;
+  switch (a.wtype) {
+    case WType::F32: reduce_segments_kernel<float, float, true><<<grid, block, 0, stream>>>(a, U); break;
+    case WType::BF16: reduce_segments_kernel<bf16_t, float, true><<<grid, block, 0, stream>>>(a, U); break;
+    case WType::F16: reduce_segments_kernel<f16_t, float, true><<<grid, block, 0, stream>>>(a, U); break;
+    case WType::F64: reduce_segments_kernel<double, double, true><<<grid, block, 0, stream>>>(a, U); break;
+  }
+  check_launch("mux_embedding_bag segment reduce + SGD kernel");
 }
 
 void apply_rows(const BackwardArgs& a, const int64_t* unique_rows, const void* gsum, int64_t U, cudaStream_t stream) {

@@ -10,7 +10,7 @@
 
 namespace embkern::emb::cuda {
 
-// Pooled forward (sum / mean): one warp per (batch row, probe) for combine concat (writes every
+// Pooled forward (sum / mean): one warp per (feature, batch row) for combine concat (writes every
 // element), per batch row for combine sum (adds: out must be zero-filled).
 void forward_pooled(const ForwardArgs& a, cudaStream_t stream);
 // pooling none: one warp per value; out zero-filled (probes a feature lacks stay 0).
@@ -28,6 +28,8 @@ int64_t sort_segments(uint64_t* keys, uint64_t* codes, int64_t num_pairs, int bi
                       int64_t* unique_rows, int64_t* seg_start, int64_t* num_runs, cudaStream_t stream);
 // gsum[u, :] = the summed gradient of unique row u (a.out), one warp per row, in pair order.
 void reduce_segments(const BackwardArgs& a, int64_t num_unique, cudaStream_t stream);
+// The same sums applied at once as SGD to a.weight (a.lr), with no gsum.
+void reduce_segments_sgd(const BackwardArgs& a, int64_t num_unique, cudaStream_t stream);
 // a.mode kSgd / kRowwiseAdagrad on the rows unique_rows[0..U) with gradients gsum [U, D].
 void apply_rows(const BackwardArgs& a, const int64_t* unique_rows, const void* gsum, int64_t num_unique,
                 cudaStream_t stream);

@@ -135,6 +135,7 @@ struct Problem {
   int64_t M = 0, D = 0, N = 0, F = 0, B = 0, G = 0, pmax = 0;
   Tensor values, offsets, probe_offsets, row_base, row_size, keys;  // contiguous, on the weight's device
   std::vector<int64_t> h_probe_offsets;
+  std::vector<int64_t> h_feature_bounds;  // offsets[f * B] for f = 0..F (CUDA inputs only)
   Tensor psw;  // contiguous, accumulation dtype, or undefined
   int64_t out_rows() const { return pooling == kPoolNone ? N : B; }
   int64_t out_cols() const {
@@ -180,9 +181,26 @@ Problem check_problem(const char* op, const Tensor& weight, const Tensor& values
                     ": offsets must have F * B + 1 entries with F = ", p.F, " features, got ", offsets.size(0));
   p.B = (offsets.size(0) - 1) / p.F;
 
-  // Probe layout: small, checked on the host.
-  const Tensor h_po = probe_offsets.cpu().contiguous(), h_base = probe_row_base.cpu().contiguous(),
-               h_size = probe_row_size.cpu().contiguous();
+  // Probe layout: small, checked on the host. On CUDA everything the host checks comes back in one
+  // transfer (one synchronization per call): the probe layout, the offsets at feature boundaries
+  // (first and last included) and a flag for a decreasing step anywhere in offsets.
+  const Tensor off = offsets.contiguous();
+  Tensor h_po, h_base, h_size;
+  bool offsets_decrease = false;
+  if (off.is_cpu()) {
+    h_po = probe_offsets.contiguous(), h_base = probe_row_base.contiguous(), h_size = probe_row_size.contiguous();
+  } else {
+    const Tensor bounds = p.B > 0 ? off.slice(0, 0, p.F * p.B + 1, p.B) : off.narrow(0, 0, 1).expand({p.F + 1});
+    const Tensor decreasing = off.size(0) > 1 ? at::lt(off.slice(0, 1), off.slice(0, 0, -1)).any().to(at::kLong).reshape({1})
+                                              : at::zeros({1}, off.options());
+    const Tensor h = at::cat({probe_offsets, probe_row_base, probe_row_size, bounds, decreasing}).cpu();
+    h_po = h.narrow(0, 0, p.F + 1);
+    h_base = h.narrow(0, p.F + 1, p.G);
+    h_size = h.narrow(0, p.F + 1 + p.G, p.G);
+    const int64_t* tail = h.data_ptr<int64_t>() + p.F + 1 + 2 * p.G;
+    p.h_feature_bounds.assign(tail, tail + p.F + 1);
+    offsets_decrease = tail[p.F + 1] != 0;
+  }
   p.h_probe_offsets.assign(h_po.data_ptr<int64_t>(), h_po.data_ptr<int64_t>() + p.F + 1);
   const auto& po = p.h_probe_offsets;
   TORCH_CHECK_VALUE(po[0] == 0, op, ": probe_offsets[0] must be 0, got ", po[0]);
@@ -200,8 +218,7 @@ Problem check_problem(const char* op, const Tensor& weight, const Tensor& values
                       ", ", hb[g], " + ", hs[g], ") but weight has ", p.M, " rows");
   }
 
-  // offsets: 0, non-decreasing, ending at N. Checked with tensor ops (on CUDA this syncs once).
-  const Tensor off = offsets.contiguous();
+  // offsets: 0, non-decreasing, ending at N.
   if (off.is_cpu()) {
     const int64_t* o = off.data_ptr<int64_t>();
     TORCH_CHECK_VALUE(o[0] == 0, op, ": offsets[0] must be 0, got ", o[0]);
@@ -211,14 +228,10 @@ Problem check_problem(const char* op, const Tensor& weight, const Tensor& values
       TORCH_CHECK_VALUE(o[j + 1] >= o[j], op, ": offsets must be non-decreasing, but offsets[", j, "] = ", o[j],
                         " > offsets[", j + 1, "] = ", o[j + 1]);
   } else {
-    const Tensor ends = at::stack({off[0], off[-1]}).cpu();
-    const int64_t first = ends[0].item<int64_t>(), last = ends[1].item<int64_t>();
+    const int64_t first = p.h_feature_bounds.front(), last = p.h_feature_bounds.back();
     TORCH_CHECK_VALUE(first == 0, op, ": offsets[0] must be 0, got ", first);
     TORCH_CHECK_VALUE(last == p.N, op, ": offsets[-1] must equal the number of values N = ", p.N, ", got ", last);
-    if (off.size(0) > 1) {
-      const bool bad = at::lt(off.slice(0, 1), off.slice(0, 0, -1)).any().item<bool>();
-      TORCH_CHECK_VALUE(!bad, op, ": offsets must be non-decreasing");
-    }
+    TORCH_CHECK_VALUE(!offsets_decrease, op, ": offsets must be non-decreasing");
   }
 
   if (per_sample_weights.has_value()) {
@@ -750,13 +763,10 @@ std::vector<Tensor> backward_cuda(const char* op, BackwardOut kind, const Tensor
   check_grad(grad, p, weight, op);
   const at::ScalarType acc = acc_dtype(p.wtype);
   const auto opts = weight.options();
-  const int64_t N = p.N, G = p.G, D = p.D, B = p.B, F = p.F;
+  const int64_t N = p.N, G = p.G, D = p.D, F = p.F;
   const auto& po = p.h_probe_offsets;
-  // Feature boundaries of the values (F + 1 entries) to size the pair arrays.
-  std::vector<int64_t> idx(size_t(F + 1));
-  for (int64_t f = 0; f <= F; ++f) idx[size_t(f)] = f * B;
-  const Tensor bounds = p.offsets.index_select(0, at::tensor(idx, opts.dtype(at::kLong))).cpu();
-  const int64_t* fb = bounds.data_ptr<int64_t>();
+  // Feature boundaries of the values (F + 1 entries, read back by check_problem) size the pair arrays.
+  const int64_t* fb = p.h_feature_bounds.data();
   std::vector<int64_t> pair_base(size_t(F + 1), 0);
   for (int64_t f = 0; f < F; ++f)
     pair_base[size_t(f + 1)] =
@@ -773,12 +783,16 @@ std::vector<Tensor> backward_cuda(const char* op, BackwardOut kind, const Tensor
     return {};
   }
   const Tensor g = grad.to(acc).contiguous();
-  std::vector<int64_t> g_col(static_cast<size_t>(G));
+  // pair_base [F + 1] and each probe's gradient column g_col [G], uploaded in one non-blocking copy
+  // from pinned memory (a pageable upload would wait for the stream)
+  Tensor h_upload = at::empty({F + 1 + G}, at::TensorOptions().dtype(at::kLong).pinned_memory(true));
+  int64_t* hu = h_upload.data_ptr<int64_t>();
+  std::copy(pair_base.begin(), pair_base.end(), hu);
   for (int64_t f = 0; f < F; ++f)
     for (int64_t gg = po[f]; gg < po[f + 1]; ++gg)
-      g_col[size_t(gg)] = p.combine == kCombineSum ? 0 : (p.pooling == kPoolNone ? (gg - po[f]) * D : gg * D);
-  const Tensor d_gcol = at::tensor(g_col, opts.dtype(at::kLong));
-  const Tensor d_pair_base = at::tensor(pair_base, opts.dtype(at::kLong));
+      hu[F + 1 + gg] = p.combine == kCombineSum ? 0 : (p.pooling == kPoolNone ? (gg - po[f]) * D : gg * D);
+  const Tensor upload = h_upload.to(opts.dtype(at::kLong), /*non_blocking=*/true);
+  const Tensor d_pair_base = upload.narrow(0, 0, F + 1), d_gcol = upload.narrow(0, F + 1, G);
   Tensor slot_row = at::empty({N}, opts.dtype(at::kLong)), scale = at::empty({N}, opts.dtype(acc));
   Tensor keys = at::empty({2, P}, opts.dtype(at::kLong)), codes = at::empty({2, P}, opts.dtype(at::kLong));
   const int bits = bit_width(uint64_t(p.M - 1));
@@ -797,7 +811,6 @@ std::vector<Tensor> backward_cuda(const char* op, BackwardOut kind, const Tensor
                                         tmp_bytes, unique_rows.data_ptr<int64_t>(), seg_start.data_ptr<int64_t>(),
                                         num_runs.data_ptr<int64_t>(), stream);
   // keys / codes row 1 now hold the sorted pairs.
-  Tensor gsum = at::empty({U, D}, opts.dtype(acc));
   BackwardArgs a;
   a.rows = reinterpret_cast<const uint64_t*>(keys.data_ptr<int64_t>()) + P;
   a.codes = reinterpret_cast<const uint64_t*>(codes.data_ptr<int64_t>()) + P;
@@ -812,6 +825,14 @@ std::vector<Tensor> backward_cuda(const char* op, BackwardOut kind, const Tensor
   a.wtype = p.wtype;
   a.lr = lr;
   a.eps = eps;
+  if (kind == BackwardOut::Sgd) {  // summed and applied in one kernel
+    TORCH_CHECK_VALUE(weight.is_contiguous(), op, ": weight must be contiguous to be updated in place");
+    a.weight = weight.data_ptr();
+    a.mode = kSgd;
+    cuda::reduce_segments_sgd(a, U, stream);
+    return {};
+  }
+  Tensor gsum = at::empty({U, D}, opts.dtype(acc));
   a.out = gsum.data_ptr();
   cuda::reduce_segments(a, U, stream);
   if (kind == BackwardOut::Sparse) return {unique_rows.slice(0, 0, U).clone(), gsum.to(weight.scalar_type())};
@@ -821,8 +842,8 @@ std::vector<Tensor> backward_cuda(const char* op, BackwardOut kind, const Tensor
   }
   TORCH_CHECK_VALUE(weight.is_contiguous(), op, ": weight must be contiguous to be updated in place");
   a.weight = weight.data_ptr();
-  a.mode = kind == BackwardOut::Sgd ? kSgd : kRowwiseAdagrad;
-  a.momentum = kind == BackwardOut::RowwiseAdagrad ? momentum.data_ptr() : nullptr;
+  a.mode = kRowwiseAdagrad;
+  a.momentum = momentum.data_ptr();
   cuda::apply_rows(a, unique_rows.data_ptr<int64_t>(), gsum.data_ptr(), U, stream);
   return {};
 }
