@@ -43,6 +43,29 @@ def copy_bandwidth(dev: str, nbytes: int) -> float:
     return 2 * nbytes / t["median_s"] / 1e9
 
 
+def gpu_busy(fn, reps: int = 5) -> tuple[float, list[tuple[str, float]]]:
+    """Seconds per call the GPU spends in kernels and copies (torch.profiler), and the five largest
+    kernels (name, seconds per call): the time left over in a call's median is host work
+    (checks, synchronizations, launches)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(reps):
+            fn()
+        torch.cuda.synchronize()
+    per = []
+    for e in prof.key_averages():
+        us = getattr(e, "self_device_time_total", None)
+        if us is None:
+            us = getattr(e, "self_cuda_time_total", 0.0)
+        if us > 0:
+            per.append((e.key[:60], us / reps / 1e6))
+    per.sort(key=lambda kv: -kv[1])
+    return sum(t for _, t in per), per[:5]
+
+
 def p1(dev: str, full: bool, bw: float) -> tuple[list[dict], list[str]]:
     M, D, B, Fn, ids, P = (2_000_000, 64, 4096, 16, 4, 2) if full else (200_000, 64, 512, 16, 4, 2)
     g = torch.Generator(device=dev).manual_seed(0)
@@ -61,9 +84,16 @@ def p1(dev: str, full: bool, bw: float) -> tuple[list[dict], list[str]]:
     case_b = f"P1 backward + fused SGD (output gradient given), same sizes"
     case_t = f"P1 forward + backward + SGD step, same sizes"
 
-    def add(case, impl, t, nbytes):
+    def add(case, impl, t, nbytes, fn=None):
         gbs = nbytes / t["median_s"] / 1e9
-        rows.append({"case": case, "impl": impl, **t, "GB_per_s": gbs, "of_copy_bw": gbs / bw})
+        row = {"case": case, "impl": impl, **t, "GB_per_s": gbs, "of_copy_bw": gbs / bw}
+        if fn is not None and dev == "cuda":
+            busy, top = gpu_busy(fn)
+            row["gpu_busy_ms"] = busy * 1e3
+            row["busy_of_copy_bw"] = nbytes / busy / 1e9 / bw
+            notes.append(f"{impl}, {case}: GPU busy {busy * 1e6:.0f} us of {t['median_s'] * 1e6:.0f} us per call; "
+                         "largest: " + ", ".join(f"{k} {v * 1e6:.0f} us" for k, v in top))
+        rows.append(row)
 
     keys_l, base_l, size_l = lay_cpu[3].tolist(), lay_cpu[1].tolist(), lay_cpu[2].tolist()
     pre_rows = torch.cat([torch_hash_rows(values[f * B * ids:(f + 1) * B * ids], keys_l[gi], base_l[gi], size_l[gi])
@@ -87,10 +117,10 @@ def p1(dev: str, full: bool, bw: float) -> tuple[list[dict], list[str]]:
         notes.append("CHECK FAILED: P1 forward differs from F.embedding_bag on pre-hashed rows")
     if not torch.equal(ours.cpu(), OPS.mux_embedding_bag(weight.cpu(), *(t.cpu() for t in lay), "sum", "concat", None, False)):
         notes.append("CHECK FAILED: P1 forward on the GPU differs from the CPU op (bitwise)")
-    add(case_f, f"embkern mux_embedding_bag ({dev})",
-        device_timeit(lambda: OPS.mux_embedding_bag(weight, *lay, "sum", "concat", None, False)), fwd_bytes)
+    fwd = lambda: OPS.mux_embedding_bag(weight, *lay, "sum", "concat", None, False)  # noqa: E731
+    add(case_f, f"embkern mux_embedding_bag ({dev})", device_timeit(fwd), fwd_bytes, fwd)
     add(case_f, "F.embedding_bag, pre-hashed rows (all probes, one call)", device_timeit(lambda: pre_hashed(weight)),
-        fwd_bytes)
+        fwd_bytes, lambda: pre_hashed(weight))
     add(case_f, "torch composition (hash ops + F.embedding_bag per probe + cat)", device_timeit(lambda: composition(weight), repeat=10),
         fwd_bytes)
 
@@ -111,8 +141,8 @@ def p1(dev: str, full: bool, bw: float) -> tuple[list[dict], list[str]]:
         notes.append("CHECK FAILED: P1 fused SGD differs from torch sparse SGD")
 
     w_ours = weight.clone()
-    add(case_b, f"embkern mux_embedding_bag_sgd_ ({dev})",
-        device_timeit(lambda: OPS.mux_embedding_bag_sgd_(w_ours, gout, *lay, "sum", "concat", None, lr)), bwd_bytes)
+    sgd = lambda: OPS.mux_embedding_bag_sgd_(w_ours, gout, *lay, "sum", "concat", None, lr)  # noqa: E731
+    add(case_b, f"embkern mux_embedding_bag_sgd_ ({dev})", device_timeit(sgd), bwd_bytes, sgd)
     add(case_b, f"embkern mux_embedding_bag_backward_sparse ({dev}, coalesced rows + values)",
         device_timeit(lambda: OPS.mux_embedding_bag_backward_sparse(gout, weight, *lay, "sum", "concat", None)),
         bwd_bytes)
@@ -169,11 +199,16 @@ def p5(dev: str, full: bool, bw: float) -> tuple[list[dict], list[str]]:
     case = f"P5 FastRP n={n} nnz={nnz} dim={dim} 3 iterations"
     case1 = f"P5 one SpMM iteration n={n} nnz={nnz} d={dim}"
 
-    def add(case_, impl, t, nbytes=None):
+    def add(case_, impl, t, nbytes=None, fn=None):
         r = {"case": case_, "impl": impl, **t}
         if nbytes:
             r["GB_per_s"] = nbytes / t["median_s"] / 1e9
             r["of_copy_bw"] = r["GB_per_s"] / bw
+        if fn is not None and dev == "cuda":
+            busy, top = gpu_busy(fn)
+            r["gpu_busy_ms"] = busy * 1e3
+            notes.append(f"{impl}, {case_}: GPU busy {busy * 1e6:.0f} us of {t['median_s'] * 1e6:.0f} us per call; "
+                         "largest: " + ", ".join(f"{k} {v * 1e6:.0f} us" for k, v in top))
         rows.append(r)
 
     deg = torch.zeros(n, device=dev).index_add_(0, torch.repeat_interleave(torch.arange(n, device=dev), ip.diff()), w)
@@ -187,10 +222,11 @@ def p5(dev: str, full: bool, bw: float) -> tuple[list[dict], list[str]]:
     if not torch.allclose(ours, ref, rtol=1e-4, atol=1e-5):
         notes.append(f"CHECK FAILED: P5 csr_spmm differs from torch.sparse.mm (max abs {(ours - ref).abs().max():.3g})")
     for label, x, esize in (("float32", x0, 4), ("bf16 x", x0.bfloat16(), 2)):
-        add(case1, f"embkern csr_spmm {label} ({dev})", device_timeit(lambda: embkern.csr_spmm(ip, ix, w, x, inv)),
-            spmm_bytes(n, nnz, dim, esize, True, False))
+        spmm = lambda x=x: embkern.csr_spmm(ip, ix, w, x, inv)  # noqa: E731
+        add(case1, f"embkern csr_spmm {label} ({dev})", device_timeit(spmm), spmm_bytes(n, nnz, dim, esize, True, False),
+            spmm)
     add(case1, "torch.sparse.mm (cuSPARSE CSR @ dense) float32", device_timeit(lambda: torch.sparse.mm(a_n, x0)),
-        spmm_bytes(n, nnz, dim, 4, True, False))
+        spmm_bytes(n, nnz, dim, 4, True, False), lambda: torch.sparse.mm(a_n, x0))
 
     adj = (ip, ix, w)
     e32 = embkern.fastrp(adj, dim, WEIGHTS, seed=1, s=3.0)
@@ -201,8 +237,8 @@ def p5(dev: str, full: bool, bw: float) -> tuple[list[dict], list[str]]:
     err = (e32.cpu() - cpu).abs().max().item()
     notes.append(f"P5: fastrp on the GPU vs the CPU op, max abs difference {err:.3g} (fp32; norms reduce in another order).")
     for label, dtype in (("float32", torch.float32), ("bfloat16 storage", torch.bfloat16)):
-        add(case, f"embkern fastrp {label} ({dev})", device_timeit(lambda: embkern.fastrp(adj, dim, WEIGHTS, seed=1,
-                                                                                         dtype=dtype), repeat=10))
+        run = lambda dtype=dtype: embkern.fastrp(adj, dim, WEIGHTS, seed=1, dtype=dtype)  # noqa: E731
+        add(case, f"embkern fastrp {label} ({dev})", device_timeit(run, repeat=10), fn=run)
     add(case, "torch sparse CSR @ dense pipeline float32 (cuSPARSE)", device_timeit(lambda: torch_pipeline(a_n, x0),
                                                                                      repeat=10))
     return rows, notes

@@ -6,7 +6,10 @@
 # eat the lease.
 #
 # Environment: OUT (default ./gpu_out), PYTHON (python3), TORCH_CUDA_ARCH_LIST (9.0: the lent cards
-# are Hopper), FAMILIES (test files to run), BENCH ("" skips the benchmarks, else gpu_bench.py's args).
+# are Hopper), FAMILIES (test files to run), BENCH ("" skips the benchmarks, else gpu_bench.py's args),
+# NCU=1 (Nsight Compute sections of the P1 / P5 kernels, scripts/gpu_kernels.py, into ncu.txt).
+# It copies the built module into python/embkern: run it on the device machine, not in a checkout
+# you build with `make`.
 set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -39,18 +42,17 @@ export PYTHONPATH="$ROOT/python:$ROOT/benchmarks" PYTHONUNBUFFERED=1
   2>&1 | tee -a "$OUT/session.log"
 say "build done"
 
-# ---- CUDA tests: one pytest per family; blocking launches so an error names the launch that failed
+# ---- CUDA tests: one pytest over every family's CUDA file (workers in parallel; a worker that
+# crashes is replaced, so one crash costs one test); blocking launches so an error names the launch
 args=(-q -p no:cacheprovider --tb=short -rfE)
 "$PY" -c "import pytest_timeout" 2>/dev/null && args+=(--timeout=90)
-"$PY" -c "import xdist" 2>/dev/null && args+=(-n 4)
-for fam in ${FAMILIES:-embedding fastrp bits int8 rbe cur}; do
-  echo "===== test_${fam}_cuda.py" >> "$OUT/tests.log"
-  CUDA_LAUNCH_BLOCKING=1 timeout "${TEST_TIMEOUT:-240}" "$PY" -m pytest "${args[@]}" "tests/test_${fam}_cuda.py" \
-    >> "$OUT/tests.log" 2>&1
-  rc=$?
-  summary+=("test_${fam}_cuda: rc=$rc $(grep -E '(passed|failed|error)' "$OUT/tests.log" | tail -n 1)")
-  say "${summary[-1]}"
-done
+"$PY" -c "import xdist" 2>/dev/null && args+=(-n "${TEST_WORKERS:-8}")
+files=()
+for fam in ${FAMILIES:-embedding fastrp bits int8 rbe cur}; do files+=("tests/test_${fam}_cuda.py"); done
+CUDA_LAUNCH_BLOCKING=1 timeout "${TEST_TIMEOUT:-300}" "$PY" -m pytest "${args[@]}" "${files[@]}" > "$OUT/tests.log" 2>&1
+rc=$?
+summary+=("CUDA tests: rc=$rc $(grep -E '(passed|failed|error)' "$OUT/tests.log" | tail -n 1)")
+say "${summary[-1]}"
 
 # ---- benchmarks --------------------------------------------------------------------------------
 if [ "${BENCH-all}" != "" ]; then
@@ -62,6 +64,16 @@ if [ "${BENCH-all}" != "" ]; then
   cp -f benchmarks/results/gpu_bench.json "$OUT/" 2>/dev/null
   summary+=("gpu_bench: rc=$rc")
   grep -E "^\| P|CHECK FAILED|FAILED|copy:" "$OUT/bench.log" | cut -c1-220
+fi
+
+# ---- Nsight Compute on the hot kernels of P1 and P5 (NCU=1) -------------------------------------
+if [ "${NCU:-0}" = 1 ] && command -v ncu > /dev/null; then
+  say "ncu"
+  timeout "${NCU_TIMEOUT:-150}" ncu --clock-control none --launch-count 16 \
+    --kernel-name 'regex:forward_concat|spmm_kernel|reduce_segments|apply_rows|prepare_pairs|init_kernel' \
+    --section SpeedOfLight --section MemoryWorkloadAnalysis --section Occupancy --section LaunchStats \
+    "$PY" scripts/gpu_kernels.py > "$OUT/ncu.txt" 2>&1
+  summary+=("ncu: rc=$?")
 fi
 
 echo "===== failures (first 60 lines)"
