@@ -24,6 +24,7 @@ TITLES = {
     "bench_rbe": "P4: SDC top-10",
     "bench_fastrp": "P5: FastRP",
     "bench_cur": "P6: CUR score + top-100",
+    "gpu_bench": "GPU: P1-P6 on one NVIDIA H200 (benchmarks/gpu_bench.py, run by scripts/gpu_session.sh)",
 }
 
 
