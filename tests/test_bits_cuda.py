@@ -228,3 +228,17 @@ def test_opcheck_cuda():
     torch.library.opcheck(ops.hamming_distance.default, (q, db))
     torch.library.opcheck(ops.hamming_topk.default, (q, db, 10))
     torch.library.opcheck(ops.hamming_topk.default, (q, db, 300))
+
+
+def test_torch_compile_fullgraph_cuda():
+    q = torch.randint(0, 256, (100, 32), dtype=torch.uint8, device="cuda")
+
+    @torch.compile(fullgraph=True, backend="eager")
+    def search(x, db):
+        codes = torch.ops.embkern.pack_bits(x, 0.0)
+        return torch.ops.embkern.hamming_topk(codes, db, 5)
+
+    x = torch.randn(4, 256, device="cuda")
+    d, i = search(x, q)
+    rd, ri = embkern.hamming_topk(embkern.pack_bits(x), q, 5)
+    assert torch.equal(d, rd) and torch.equal(i, ri)

@@ -84,3 +84,9 @@ def _opcheck_all(device):
 
 def test_opcheck_cuda():
     _opcheck_all("cuda")
+
+
+def test_score_topk_torch_compile_cuda():
+    f = torch.compile(lambda c, e: torch.ops.embkern.score_topk(c, e, 4), fullgraph=True)
+    C, E = torch.randn(2, 8, device="cuda"), torch.randn(8, 50, device="cuda")
+    assert torch.equal(f(C, E)[1], embkern.score_topk(C, E, 4)[1])
