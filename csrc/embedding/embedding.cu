@@ -230,10 +230,10 @@ __global__ void prepare_pairs_kernel(MuxLayout L, int pooling, int probe_bits, c
 // SGD: the summed gradient updates its row at once (w = fma(-lr, g, w), as apply_rows_kernel does)
 // instead of going through gsum: the segment's row is rows[p0].
 template <class T, class A, bool SGD>
-__global__ void reduce_segments_kernel(BackwardArgs a, int64_t U) {
+__global__ void reduce_segments_kernel(BackwardArgs a, int64_t max_u, const int64_t* num_unique) {
   const int lane = threadIdx.x % kWarp;
   const int64_t u = int64_t(blockIdx.x) * kWarpsPerBlock + threadIdx.x / kWarp;
-  if (u >= U) return;
+  if (u >= (num_unique ? *num_unique : max_u)) return;
   const A* grad = static_cast<const A*>(a.grad);
   const A* scale = static_cast<const A*>(a.scale);
   const uint64_t gmask = (uint64_t(1) << a.probe_bits) - 1;
@@ -270,10 +270,11 @@ __global__ void reduce_segments_kernel(BackwardArgs a, int64_t U) {
 }
 
 template <class T, class A>
-__global__ void apply_rows_kernel(BackwardArgs a, const int64_t* unique_rows, const A* gsum, int64_t U) {
+__global__ void apply_rows_kernel(BackwardArgs a, const int64_t* unique_rows, const A* gsum, int64_t max_u,
+                                  const int64_t* num_unique) {
   const int lane = threadIdx.x % kWarp;
   const int64_t u = int64_t(blockIdx.x) * kWarpsPerBlock + threadIdx.x / kWarp;
-  if (u >= U) return;
+  if (u >= (num_unique ? *num_unique : max_u)) return;
   const int64_t D = a.dim, row = unique_rows[u];
   const A* g = gsum + u * D;
   T* w = static_cast<T*>(a.weight) + row * D;
@@ -345,7 +346,8 @@ size_t sort_segments_temp_bytes(int64_t num_pairs, int bits) {
 }
 
 int64_t sort_segments(uint64_t* keys, uint64_t* codes, int64_t num_pairs, int bits, void* temp, size_t temp_bytes,
-                      int64_t* unique_rows, int64_t* seg_start, int64_t* num_runs, cudaStream_t stream) {
+                      int64_t* unique_rows, int64_t* seg_start, int64_t* num_runs, bool read_count,
+                      cudaStream_t stream) {
   if (num_pairs > INT32_MAX) fail("more than 2^31 - 1 (value, probe) pairs in one batch");
   const int n = int(num_pairs);
   uint64_t *keys_out = keys + num_pairs, *codes_out = codes + num_pairs;
@@ -358,55 +360,69 @@ int64_t sort_segments(uint64_t* keys, uint64_t* codes, int64_t num_pairs, int bi
           "cub radix sort");
   }
   bytes = temp_bytes;
-  // counts of each run go to seg_start[1..U]; their inclusive sum gives the segment ends.
-  check(cudaMemsetAsync(seg_start, 0, sizeof(int64_t), stream), "memset");
+  // Counts of each run go to seg_start[1..U]; their inclusive sum gives the segment ends. Without
+  // read_count, U stays on the device: seg_start is zeroed whole, so the sum over all P slots leaves
+  // P after the last segment, and the kernels stop at *num_runs (no synchronization here).
+  check(cudaMemsetAsync(seg_start, 0, sizeof(int64_t) * (read_count ? 1 : num_pairs + 1), stream), "memset");
   check(cub::DeviceRunLengthEncode::Encode(temp, bytes, keys_out, reinterpret_cast<uint64_t*>(unique_rows),
                                            seg_start + 1, num_runs, n, stream),
         "cub run-length encode");
-  int64_t U = 0;
-  check(cudaMemcpyAsync(&U, num_runs, sizeof(int64_t), cudaMemcpyDeviceToHost, stream), "copy U");
-  check(cudaStreamSynchronize(stream), "synchronize");
+  int64_t U = num_pairs;
+  if (read_count) {
+    check(cudaMemcpyAsync(&U, num_runs, sizeof(int64_t), cudaMemcpyDeviceToHost, stream), "copy U");
+    check(cudaStreamSynchronize(stream), "synchronize");
+  }
   bytes = temp_bytes;
   check(cub::DeviceScan::InclusiveSum(temp, bytes, seg_start + 1, seg_start + 1, int(U), stream), "cub scan");
   return U;
 }
 
-void reduce_segments(const BackwardArgs& a, int64_t U, cudaStream_t stream) {
-  if (U == 0) return;
+void reduce_segments(const BackwardArgs& a, int64_t max_u, const int64_t* num_unique, cudaStream_t stream) {
+  if (max_u == 0) return;
+  const unsigned grid = warp_grid(max_u), block = kWarp * kWarpsPerBlock;
   if (a.wtype == WType::F64)
-    reduce_segments_kernel<double, double, false><<<warp_grid(U), kWarp * kWarpsPerBlock, 0, stream>>>(a, U);
+    reduce_segments_kernel<double, double, false><<<grid, block, 0, stream>>>(a, max_u, num_unique);
   else
-    reduce_segments_kernel<float, float, false><<<warp_grid(U), kWarp * kWarpsPerBlock, 0, stream>>>(a, U);
+    reduce_segments_kernel<float, float, false><<<grid, block, 0, stream>>>(a, max_u, num_unique);
   check_launch("mux_embedding_bag segment reduce kernel");
 }
 
-void reduce_segments_sgd(const BackwardArgs& a, int64_t U, cudaStream_t stream) {
-  if (U == 0) return;
-  const unsigned grid = warp_grid(U), block = kWarp * kWarpsPerBlock;
+void reduce_segments_sgd(const BackwardArgs& a, int64_t max_u, const int64_t* num_unique, cudaStream_t stream) {
+  if (max_u == 0) return;
+  const unsigned grid = warp_grid(max_u), block = kWarp * kWarpsPerBlock;
   switch (a.wtype) {
-    case WType::F32: reduce_segments_kernel<float, float, true><<<grid, block, 0, stream>>>(a, U); break;
-    case WType::BF16: reduce_segments_kernel<bf16_t, float, true><<<grid, block, 0, stream>>>(a, U); break;
-    case WType::F16: reduce_segments_kernel<f16_t, float, true><<<grid, block, 0, stream>>>(a, U); break;
-    case WType::F64: reduce_segments_kernel<double, double, true><<<grid, block, 0, stream>>>(a, U); break;
+    case WType::F32: reduce_segments_kernel<float, float, true><<<grid, block, 0, stream>>>(a, max_u, num_unique); break;
+    case WType::BF16:
+      reduce_segments_kernel<bf16_t, float, true><<<grid, block, 0, stream>>>(a, max_u, num_unique);
+      break;
+    case WType::F16: reduce_segments_kernel<f16_t, float, true><<<grid, block, 0, stream>>>(a, max_u, num_unique); break;
+    case WType::F64:
+      reduce_segments_kernel<double, double, true><<<grid, block, 0, stream>>>(a, max_u, num_unique);
+      break;
   }
   check_launch("mux_embedding_bag segment reduce + SGD kernel");
 }
 
-void apply_rows(const BackwardArgs& a, const int64_t* unique_rows, const void* gsum, int64_t U, cudaStream_t stream) {
-  if (U == 0) return;
-  const unsigned grid = warp_grid(U), block = kWarp * kWarpsPerBlock;
+void apply_rows(const BackwardArgs& a, const int64_t* unique_rows, const void* gsum, int64_t max_u,
+                const int64_t* num_unique, cudaStream_t stream) {
+  if (max_u == 0) return;
+  const unsigned grid = warp_grid(max_u), block = kWarp * kWarpsPerBlock;
   switch (a.wtype) {
     case WType::F32:
-      apply_rows_kernel<float, float><<<grid, block, 0, stream>>>(a, unique_rows, static_cast<const float*>(gsum), U);
+      apply_rows_kernel<float, float><<<grid, block, 0, stream>>>(a, unique_rows, static_cast<const float*>(gsum), max_u,
+                                                                   num_unique);
       break;
     case WType::BF16:
-      apply_rows_kernel<bf16_t, float><<<grid, block, 0, stream>>>(a, unique_rows, static_cast<const float*>(gsum), U);
+      apply_rows_kernel<bf16_t, float><<<grid, block, 0, stream>>>(a, unique_rows, static_cast<const float*>(gsum),
+                                                                    max_u, num_unique);
       break;
     case WType::F16:
-      apply_rows_kernel<f16_t, float><<<grid, block, 0, stream>>>(a, unique_rows, static_cast<const float*>(gsum), U);
+      apply_rows_kernel<f16_t, float><<<grid, block, 0, stream>>>(a, unique_rows, static_cast<const float*>(gsum), max_u,
+                                                                   num_unique);
       break;
     case WType::F64:
-      apply_rows_kernel<double, double><<<grid, block, 0, stream>>>(a, unique_rows, static_cast<const double*>(gsum), U);
+      apply_rows_kernel<double, double><<<grid, block, 0, stream>>>(a, unique_rows, static_cast<const double*>(gsum),
+                                                                     max_u, num_unique);
       break;
   }
   check_launch("mux_embedding_bag optimizer kernel");

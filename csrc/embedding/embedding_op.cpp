@@ -806,10 +806,15 @@ std::vector<Tensor> backward_cuda(const char* op, BackwardOut kind, const Tensor
                       d_pair_base.data_ptr<int64_t>(), slot_row.data_ptr<int64_t>(), scale.data_ptr(),
                       reinterpret_cast<uint64_t*>(keys.data_ptr<int64_t>()),
                       reinterpret_cast<uint64_t*>(codes.data_ptr<int64_t>()), stream);
+  // The in-place optimizers never need U on the host: their launches cover P slots and stop at the
+  // device's count (one synchronization less per step). The gradient outputs are sized by U.
+  const bool in_place = kind == BackwardOut::Sgd || kind == BackwardOut::RowwiseAdagrad;
+  TORCH_CHECK_VALUE(!in_place || weight.is_contiguous(), op, ": weight must be contiguous to be updated in place");
   const int64_t U = cuda::sort_segments(reinterpret_cast<uint64_t*>(keys.data_ptr<int64_t>()),
                                         reinterpret_cast<uint64_t*>(codes.data_ptr<int64_t>()), P, bits, tmp.data_ptr(),
                                         tmp_bytes, unique_rows.data_ptr<int64_t>(), seg_start.data_ptr<int64_t>(),
-                                        num_runs.data_ptr<int64_t>(), stream);
+                                        num_runs.data_ptr<int64_t>(), /*read_count=*/!in_place, stream);
+  const int64_t* num_unique = in_place ? num_runs.data_ptr<int64_t>() : nullptr;  // else U is exact
   // keys / codes row 1 now hold the sorted pairs.
   BackwardArgs a;
   a.rows = reinterpret_cast<const uint64_t*>(keys.data_ptr<int64_t>()) + P;
@@ -826,25 +831,23 @@ std::vector<Tensor> backward_cuda(const char* op, BackwardOut kind, const Tensor
   a.lr = lr;
   a.eps = eps;
   if (kind == BackwardOut::Sgd) {  // summed and applied in one kernel
-    TORCH_CHECK_VALUE(weight.is_contiguous(), op, ": weight must be contiguous to be updated in place");
     a.weight = weight.data_ptr();
     a.mode = kSgd;
-    cuda::reduce_segments_sgd(a, U, stream);
+    cuda::reduce_segments_sgd(a, U, num_unique, stream);
     return {};
   }
   Tensor gsum = at::empty({U, D}, opts.dtype(acc));
   a.out = gsum.data_ptr();
-  cuda::reduce_segments(a, U, stream);
+  cuda::reduce_segments(a, U, num_unique, stream);
   if (kind == BackwardOut::Sparse) return {unique_rows.slice(0, 0, U).clone(), gsum.to(weight.scalar_type())};
   if (kind == BackwardOut::Dense) {
     dense.index_copy_(0, unique_rows.slice(0, 0, U), gsum);
     return {dense.to(weight.scalar_type())};
   }
-  TORCH_CHECK_VALUE(weight.is_contiguous(), op, ": weight must be contiguous to be updated in place");
   a.weight = weight.data_ptr();
   a.mode = kRowwiseAdagrad;
   a.momentum = momentum.data_ptr();
-  cuda::apply_rows(a, unique_rows.data_ptr<int64_t>(), gsum.data_ptr(), U, stream);
+  cuda::apply_rows(a, unique_rows.data_ptr<int64_t>(), gsum.data_ptr(), U, num_unique, stream);
   return {};
 }
 
