@@ -66,6 +66,24 @@ def gpu_busy(fn, reps: int = 5) -> tuple[float, list[tuple[str, float]]]:
     return sum(t for _, t in per), per[:5]
 
 
+def host_profile(fn, reps: int = 5) -> str:
+    """Where a call's host time goes (torch.profiler, host and device activities): the six largest
+    host-side entries by self time per call, e.g. cudaStreamSynchronize or cudaLaunchKernel."""
+    from torch.profiler import ProfilerActivity, profile
+
+    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
+    fn()
+    sync()
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+    with profile(activities=acts) as prof:
+        for _ in range(reps):
+            fn()
+        sync()
+    per = sorted(((e.key[:50], e.self_cpu_time_total / reps, e.count // reps) for e in prof.key_averages()
+                  if e.self_cpu_time_total > 0), key=lambda kv: -kv[1])
+    return ", ".join(f"{k} {us:.0f} us x{n}" for k, us, n in per[:6])
+
+
 def p1(dev: str, full: bool, bw: float) -> tuple[list[dict], list[str]]:
     M, D, B, Fn, ids, P = (2_000_000, 64, 4096, 16, 4, 2) if full else (200_000, 64, 512, 16, 4, 2)
     g = torch.Generator(device=dev).manual_seed(0)
@@ -162,6 +180,11 @@ def p1(dev: str, full: bool, bw: float) -> tuple[list[dict], list[str]]:
         fwd_bytes + bwd_bytes)
     add(case_t, "F.embedding_bag(sparse=True) + torch.optim.SGD, pre-hashed rows", device_timeit(sparse_bwd_step),
         fwd_bytes + bwd_bytes)
+    if dev == "cuda":
+        fused_step = lambda: OPS.mux_embedding_bag_fused(  # noqa: E731
+            w_fused, no_state, *lay, "sum", "concat", None, "sgd", lr).backward(gout)
+        notes.append(f"P1 host time per call, mux_embedding_bag_sgd_: {host_profile(sgd)}")
+        notes.append(f"P1 host time per call, fused step through autograd: {host_profile(fused_step)}")
     w_dense = torch.nn.Parameter(weight.clone())
     opt_d = torch.optim.SGD([w_dense], lr=lr)
 
