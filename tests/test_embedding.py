@@ -616,6 +616,10 @@ def test_unified_embedding_torch_compile():
     torch.testing.assert_close(g, m.weight.grad)
 
 
+FUSED_COMPILE = not embkern.embedding._FUSED_COMPILE_UNSUPPORTED
+
+
+@pytest.mark.skipif(not FUSED_COMPILE, reason="fused optimizers under torch.compile need torch >= 2.12")
 def test_unified_embedding_fused_torch_compile():
     torch._dynamo.reset()
     m = embkern.UnifiedEmbedding(500, 8, {"user": 1, "item": 2, "ctx": 1}, optimizer="sgd", lr=0.2)
@@ -628,6 +632,14 @@ def test_unified_embedding_fused_torch_compile():
         m_ref(x).square().sum().backward()
     assert m.weight.grad is None
     torch.testing.assert_close(m.weight.detach(), m_ref.weight.detach())
+
+
+@pytest.mark.skipif(FUSED_COMPILE, reason="torch >= 2.12 compiles fused optimizers")
+def test_unified_embedding_fused_torch_compile_clear_error_on_old_torch():
+    torch._dynamo.reset()
+    m = embkern.UnifiedEmbedding(500, 8, {"user": 1, "item": 2, "ctx": 1}, optimizer="sgd", lr=0.2)
+    with pytest.raises(Exception, match=r"under torch.compile needs torch >= 2.12"):
+        torch.compile(m, fullgraph=True)(module_inputs(4, 10))
 
 
 def load_readme_example():

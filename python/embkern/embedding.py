@@ -22,6 +22,11 @@ import torch
 
 from ._utils import ArrayLike, as_tensor, to_output
 
+# torch <= 2.11 cannot compile the fused optimizers' in-place weight update in the backward (AOT
+# autograd: "a leaf Variable that requires grad is being used in an in-place operation"); 2.12.1 and
+# 2.13 can (checked on CPU builds of each).
+_FUSED_COMPILE_UNSUPPORTED = tuple(int(x) for x in torch.__version__.split("+")[0].split(".")[:2]) < (2, 12)
+
 __all__ = [
     "feature_salt",
     "probe_key",
@@ -349,5 +354,10 @@ class UnifiedEmbedding(torch.nn.Module):
         if self.optimizer is None:
             return torch.ops.embkern.mux_embedding_bag(self.weight, *layout, self.pooling, self.combine, None,
                                                        self.sparse)
+        if _FUSED_COMPILE_UNSUPPORTED and torch.compiler.is_compiling():
+            raise RuntimeError(
+                f"UnifiedEmbedding: optimizer={self.optimizer!r} under torch.compile needs torch >= 2.12; torch "
+                f"{torch.__version__}'s AOT autograd rejects the in-place update of the weight in the backward. "
+                "Run this module eagerly, or use optimizer=None with a torch optimizer.")
         return torch.ops.embkern.mux_embedding_bag_fused(self.weight, self.momentum, *layout, self.pooling,
                                                          self.combine, None, self.optimizer, self.lr, self.eps)
