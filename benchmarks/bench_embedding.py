@@ -45,6 +45,31 @@ def torch_hash_rows(values: torch.Tensor, key: int, base: int, size: int) -> tor
     return base + _lsr(hi * size + _lsr(lo * size, 32), 32)
 
 
+def feature_probe_rows(values: torch.Tensor, B: int, ids: int, probes: int, layout: tuple) -> list:
+    """Per feature f (B bags of `ids` values each) and probe g: (f's values, their hashed rows for g).
+    layout: (keys, base, size) as Python lists, from embkern.probe_layout."""
+    keys, base, size = layout
+    out = []
+    for f in range(len(keys) // probes):
+        v = values[f * B * ids:(f + 1) * B * ids]
+        out += [(f, torch_hash_rows(v, keys[g], base[g], size[g])) for g in range(f * probes, (f + 1) * probes)]
+    return out
+
+
+def pre_hashed_rows(values: torch.Tensor, B: int, ids: int, probes: int, layout: tuple) -> torch.Tensor:
+    """Every (value, probe) row in (probe, batch) bag order: F.embedding_bag's input when hashing is free."""
+    return torch.cat([rows for _, rows in feature_probe_rows(values, B, ids, probes, layout)])
+
+
+def torch_composition(w: torch.Tensor, values: torch.Tensor, offsets: torch.Tensor, B: int, ids: int, probes: int,
+                      layout: tuple) -> torch.Tensor:
+    """The torch composition: hash version 1 by tensor ops, then F.embedding_bag per probe, then cat."""
+    outs = []
+    for f, rows in feature_probe_rows(values, B, ids, probes, layout):
+        outs.append(F.embedding_bag(rows, w, offsets[f * B:(f + 1) * B] - offsets[f * B], mode="sum"))
+    return torch.cat(outs, 1)
+
+
 def main(full: bool = False) -> str:
     M, D, B, Fn, ids, P = (2_000_000, 64, 4096, 16, 4, 2) if full else (500_000, 64, 4096, 16, 4, 2)
     threads = torch.get_num_threads()
@@ -64,17 +89,8 @@ def main(full: bool = False) -> str:
         rows_out.append({"case": case, "impl": impl, **t, "GB_per_s_rows": nbytes / t["median_s"] / 1e9})
 
     # Pre-hashed rows, (probe, batch) bag order, checked against ours.
-    keys_l, base_l, size_l = keys.tolist(), base.tolist(), size.tolist()
-
-    def hashed_rows() -> torch.Tensor:
-        per_g = []
-        for f in range(Fn):
-            v = values[f * B * ids:(f + 1) * B * ids]
-            for g in range(f * P, (f + 1) * P):
-                per_g.append(torch_hash_rows(v, keys_l[g], base_l[g], size_l[g]))
-        return torch.cat(per_g)
-
-    pre_rows = hashed_rows()
+    hash_layout = (keys.tolist(), base.tolist(), size.tolist())
+    pre_rows = pre_hashed_rows(values, B, ids, P, hash_layout)
     pre_offsets = torch.arange(0, G * B * ids + 1, ids, dtype=torch.int64)[:-1]
     ours = OPS.mux_embedding_bag(weight, *lay, "sum", "concat", None, False)
     theirs = F.embedding_bag(pre_rows, weight, pre_offsets, mode="sum").view(G, B, D).transpose(0, 1).reshape(B, G * D)
@@ -85,13 +101,7 @@ def main(full: bool = False) -> str:
         raise AssertionError("torch tensor-op hash differs from hash version 1")
 
     def composition(w):
-        outs = []
-        for f in range(Fn):
-            v = values[f * B * ids:(f + 1) * B * ids]
-            off = offsets[f * B:(f + 1) * B] - offsets[f * B]
-            for g in range(f * P, (f + 1) * P):
-                outs.append(F.embedding_bag(torch_hash_rows(v, keys_l[g], base_l[g], size_l[g]), w, off, mode="sum"))
-        return torch.cat(outs, 1)
+        return torch_composition(w, values, offsets, B, ids, P, hash_layout)
 
     if not torch.allclose(composition(weight), ours, rtol=1e-5, atol=1e-6):
         raise AssertionError("torch composition disagrees with embkern")

@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import embkern  # noqa: E402
 from _harness import device_timeit, write  # noqa: E402
-from bench_embedding import torch_hash_rows  # noqa: E402
+from bench_embedding import pre_hashed_rows, torch_composition  # noqa: E402
 from bench_fastrp import WEIGHTS, spmm_bytes, torch_pipeline  # noqa: E402
 
 OPS = torch.ops.embkern
@@ -113,22 +113,15 @@ def p1(dev: str, full: bool, bw: float) -> tuple[list[dict], list[str]]:
                          "largest: " + ", ".join(f"{k} {v * 1e6:.0f} us" for k, v in top))
         rows.append(row)
 
-    keys_l, base_l, size_l = lay_cpu[3].tolist(), lay_cpu[1].tolist(), lay_cpu[2].tolist()
-    pre_rows = torch.cat([torch_hash_rows(values[f * B * ids:(f + 1) * B * ids], keys_l[gi], base_l[gi], size_l[gi])
-                          for f in range(Fn) for gi in range(f * P, (f + 1) * P)])
+    hash_layout = (lay_cpu[3].tolist(), lay_cpu[1].tolist(), lay_cpu[2].tolist())
+    pre_rows = pre_hashed_rows(values, B, ids, P, hash_layout)
     pre_offsets = torch.arange(0, G * B * ids + 1, ids, dtype=torch.int64, device=dev)[:-1]
 
     def pre_hashed(w, sparse=False):
         return F.embedding_bag(pre_rows, w, pre_offsets, mode="sum", sparse=sparse).view(G, B, D).transpose(0, 1).reshape(B, G * D)
 
     def composition(w):
-        outs = []
-        for f in range(Fn):
-            v = values[f * B * ids:(f + 1) * B * ids]
-            off = offsets[f * B:(f + 1) * B] - offsets[f * B]
-            for gi in range(f * P, (f + 1) * P):
-                outs.append(F.embedding_bag(torch_hash_rows(v, keys_l[gi], base_l[gi], size_l[gi]), w, off, mode="sum"))
-        return torch.cat(outs, 1)
+        return torch_composition(w, values, offsets, B, ids, P, hash_layout)
 
     ours = OPS.mux_embedding_bag(weight, *lay, "sum", "concat", None, False)
     if not torch.allclose(ours, pre_hashed(weight), rtol=1e-5, atol=1e-6):

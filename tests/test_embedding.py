@@ -602,10 +602,15 @@ def test_unified_embedding_fused_training_step(optimizer):
         assert m.momentum.gt(0).any()
 
 
-def test_unified_embedding_torch_compile():
+def module_inputs_on(B, seed, device):
+    return {k: (v.to(device), o.to(device)) for k, (v, o) in module_inputs(B, seed).items()}
+
+
+def check_compile_matches_eager(device):
+    """torch.compile(fullgraph=True) of UnifiedEmbedding: same output and weight gradient as eager."""
     torch._dynamo.reset()
-    m = embkern.UnifiedEmbedding(500, 8, {"user": 1, "item": 2, "ctx": 1}, seed=1)
-    x = module_inputs(4, 2)
+    m = embkern.UnifiedEmbedding(500, 8, {"user": 1, "item": 2, "ctx": 1}, seed=1, device=device)
+    x = module_inputs_on(4, 2, device)
     eager = m(x)
     compiled = torch.compile(m, fullgraph=True)
     torch.testing.assert_close(compiled(x), eager)
@@ -616,22 +621,32 @@ def test_unified_embedding_torch_compile():
     torch.testing.assert_close(g, m.weight.grad)
 
 
+def check_fused_compile_matches_eager(device):
+    """torch.compile(fullgraph=True) of UnifiedEmbedding with fused SGD: the same updates as eager."""
+    torch._dynamo.reset()
+    kw = dict(optimizer="sgd", lr=0.2, device=device)
+    m = embkern.UnifiedEmbedding(500, 8, {"user": 1, "item": 2, "ctx": 1}, **kw)
+    m_ref = embkern.UnifiedEmbedding(500, 8, {"user": 1, "item": 2, "ctx": 1}, **kw)
+    m_ref.weight.data.copy_(m.weight.data)
+    compiled = torch.compile(m, fullgraph=True)
+    for step in range(2):
+        x = module_inputs_on(4, 10 + step, device)
+        compiled(x).square().sum().backward()
+        m_ref(x).square().sum().backward()
+    assert m.weight.grad is None
+    torch.testing.assert_close(m.weight.detach(), m_ref.weight.detach())
+
+
+def test_unified_embedding_torch_compile():
+    check_compile_matches_eager("cpu")
+
+
 FUSED_COMPILE = not embkern.embedding._FUSED_COMPILE_UNSUPPORTED
 
 
 @pytest.mark.skipif(not FUSED_COMPILE, reason="fused optimizers under torch.compile need torch >= 2.12")
 def test_unified_embedding_fused_torch_compile():
-    torch._dynamo.reset()
-    m = embkern.UnifiedEmbedding(500, 8, {"user": 1, "item": 2, "ctx": 1}, optimizer="sgd", lr=0.2)
-    m_ref = embkern.UnifiedEmbedding(500, 8, {"user": 1, "item": 2, "ctx": 1}, optimizer="sgd", lr=0.2)
-    m_ref.weight.data.copy_(m.weight.data)
-    compiled = torch.compile(m, fullgraph=True)
-    for step in range(2):
-        x = module_inputs(4, 10 + step)
-        compiled(x).square().sum().backward()
-        m_ref(x).square().sum().backward()
-    assert m.weight.grad is None
-    torch.testing.assert_close(m.weight.detach(), m_ref.weight.detach())
+    check_fused_compile_matches_eager("cpu")
 
 
 @pytest.mark.skipif(FUSED_COMPILE, reason="torch >= 2.12 compiles fused optimizers")

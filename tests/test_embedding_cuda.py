@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import embkern
-from test_embedding import FEATS, OPS, make_problem, module_inputs
+from test_embedding import FEATS, OPS, check_compile_matches_eager, check_fused_compile_matches_eager, make_problem
 
 pytestmark = pytest.mark.skipif(not (torch.cuda.is_available() and embkern.build_info()["cuda"]),
                                 reason="needs a CUDA device and a CUDA build")
@@ -147,36 +147,11 @@ def test_opcheck_cuda():
 # ---- torch.compile on CUDA (inductor: Triton around the custom ops) ------------------------------------
 
 
-def cuda_inputs(B, seed):
-    return {k: (v.cuda(), o.cuda()) for k, (v, o) in module_inputs(B, seed).items()}
-
-
 def test_unified_embedding_torch_compile_cuda():
-    torch._dynamo.reset()
-    m = embkern.UnifiedEmbedding(500, 8, {"user": 1, "item": 2, "ctx": 1}, seed=1, device="cuda")
-    x = cuda_inputs(4, 2)
-    eager = m(x)
-    compiled = torch.compile(m, fullgraph=True)
-    torch.testing.assert_close(compiled(x), eager)
-    compiled(x).sum().backward()
-    g = m.weight.grad.clone()
-    m.weight.grad = None
-    m(x).sum().backward()
-    torch.testing.assert_close(g, m.weight.grad)
+    check_compile_matches_eager("cuda")
 
 
 @pytest.mark.skipif(embkern.embedding._FUSED_COMPILE_UNSUPPORTED,
                     reason="fused optimizers under torch.compile need torch >= 2.12")
 def test_unified_embedding_fused_torch_compile_cuda():
-    torch._dynamo.reset()
-    kw = dict(optimizer="sgd", lr=0.2, device="cuda")
-    m = embkern.UnifiedEmbedding(500, 8, {"user": 1, "item": 2, "ctx": 1}, **kw)
-    m_ref = embkern.UnifiedEmbedding(500, 8, {"user": 1, "item": 2, "ctx": 1}, **kw)
-    m_ref.weight.data.copy_(m.weight.data)
-    compiled = torch.compile(m, fullgraph=True)
-    for step in range(2):
-        x = cuda_inputs(4, 10 + step)
-        compiled(x).square().sum().backward()
-        m_ref(x).square().sum().backward()
-    assert m.weight.grad is None
-    torch.testing.assert_close(m.weight.detach(), m_ref.weight.detach())
+    check_fused_compile_matches_eager("cuda")

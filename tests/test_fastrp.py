@@ -672,10 +672,11 @@ def test_opcheck_autograd():
         torch.library.opcheck(torch.ops.embkern.csr_spmm.default, (ip, ix, w, x, torch.rand(30), normalize))
 
 
-def test_torch_compile_fullgraph():
+def check_compile_fullgraph(device):
+    """fastrp then csr_spmm under torch.compile(fullgraph=True): the eager result bit for bit."""
     rng = np.random.default_rng(20)
     a = random_csr(rng, 30, 30, 0.2)
-    ip, ix, w = torch.from_numpy(a.indptr).long(), torch.from_numpy(a.indices).long(), torch.from_numpy(a.data)
+    ip, ix, w = (torch.from_numpy(t).to(device) for t in (a.indptr.astype(np.int64), a.indices.astype(np.int64), a.data))
 
     @torch.compile(fullgraph=True, backend="eager")
     def f(ip, ix, w):
@@ -684,3 +685,7 @@ def test_torch_compile_fullgraph():
 
     want = embkern.csr_spmm(ip, ix, w, embkern.fastrp((ip, ix, w), 8, [1.0, 1.0]), normalize=True)
     assert torch.equal(f(ip, ix, w), want)
+
+
+def test_torch_compile_fullgraph():
+    check_compile_fullgraph("cpu")

@@ -7,7 +7,7 @@ import scipy.sparse as sp
 import torch
 
 import embkern
-from test_fastrp import random_csr
+from test_fastrp import check_compile_fullgraph, random_csr
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available() or not embkern.build_info()["cuda"],
                                 reason="needs a CUDA device and a CUDA build")
@@ -139,12 +139,4 @@ def test_opcheck_cuda():
 
 
 def test_torch_compile_fullgraph_cuda():
-    ip, ix, w = cuda(*graph(20, 30, 60))
-
-    @torch.compile(fullgraph=True, backend="eager")
-    def f(ip, ix, w):
-        e = torch.ops.embkern.fastrp(ip, ix, w, 30, 8, [1.0, 1.0], 0.0, 0.0, 3.0, 0, None, "merge", None, 0, None)
-        return torch.ops.embkern.csr_spmm(ip, ix, w, e, None, True)
-
-    want = embkern.csr_spmm(ip, ix, w, embkern.fastrp((ip, ix, w), 8, [1.0, 1.0]), normalize=True)
-    assert torch.equal(f(ip, ix, w), want)
+    check_compile_fullgraph("cuda")
