@@ -66,6 +66,24 @@ def gpu_busy(fn, reps: int = 5) -> tuple[float, list[tuple[str, float]]]:
     return sum(t for _, t in per), per[:5]
 
 
+def result_row(dev: str, bw: float, notes: list, case: str, impl: str, t: dict, nbytes: int | None = None,
+               fn=None) -> dict:
+    """One result row: bytes per second against the copy bandwidth when nbytes is given, and on CUDA
+    with fn the GPU-busy time per call (plus its largest kernels as a note)."""
+    row = {"case": case, "impl": impl, **t}
+    if nbytes:
+        row["GB_per_s"] = nbytes / t["median_s"] / 1e9
+        row["of_copy_bw"] = row["GB_per_s"] / bw
+    if fn is not None and dev == "cuda":
+        busy, top = gpu_busy(fn)
+        row["gpu_busy_ms"] = busy * 1e3
+        if nbytes:
+            row["busy_of_copy_bw"] = nbytes / busy / 1e9 / bw
+        notes.append(f"{impl}, {case}: GPU busy {busy * 1e6:.0f} us of {t['median_s'] * 1e6:.0f} us per call; "
+                     "largest: " + ", ".join(f"{k} {v * 1e6:.0f} us" for k, v in top))
+    return row
+
+
 def host_profile(fn, reps: int = 5) -> str:
     """Where a call's host time goes (torch.profiler, host and device activities): the six largest
     host-side entries by self time per call, e.g. cudaStreamSynchronize or cudaLaunchKernel."""
@@ -103,15 +121,7 @@ def p1(dev: str, full: bool, bw: float) -> tuple[list[dict], list[str]]:
     case_t = f"P1 forward + backward + SGD step, same sizes"
 
     def add(case, impl, t, nbytes, fn=None):
-        gbs = nbytes / t["median_s"] / 1e9
-        row = {"case": case, "impl": impl, **t, "GB_per_s": gbs, "of_copy_bw": gbs / bw}
-        if fn is not None and dev == "cuda":
-            busy, top = gpu_busy(fn)
-            row["gpu_busy_ms"] = busy * 1e3
-            row["busy_of_copy_bw"] = nbytes / busy / 1e9 / bw
-            notes.append(f"{impl}, {case}: GPU busy {busy * 1e6:.0f} us of {t['median_s'] * 1e6:.0f} us per call; "
-                         "largest: " + ", ".join(f"{k} {v * 1e6:.0f} us" for k, v in top))
-        rows.append(row)
+        rows.append(result_row(dev, bw, notes, case, impl, t, nbytes, fn))
 
     hash_layout = (lay_cpu[3].tolist(), lay_cpu[1].tolist(), lay_cpu[2].tolist())
     pre_rows = pre_hashed_rows(values, B, ids, P, hash_layout)
@@ -216,16 +226,7 @@ def p5(dev: str, full: bool, bw: float) -> tuple[list[dict], list[str]]:
     case1 = f"P5 one SpMM iteration n={n} nnz={nnz} d={dim}"
 
     def add(case_, impl, t, nbytes=None, fn=None):
-        r = {"case": case_, "impl": impl, **t}
-        if nbytes:
-            r["GB_per_s"] = nbytes / t["median_s"] / 1e9
-            r["of_copy_bw"] = r["GB_per_s"] / bw
-        if fn is not None and dev == "cuda":
-            busy, top = gpu_busy(fn)
-            r["gpu_busy_ms"] = busy * 1e3
-            notes.append(f"{impl}, {case_}: GPU busy {busy * 1e6:.0f} us of {t['median_s'] * 1e6:.0f} us per call; "
-                         "largest: " + ", ".join(f"{k} {v * 1e6:.0f} us" for k, v in top))
-        rows.append(r)
+        rows.append(result_row(dev, bw, notes, case_, impl, t, nbytes, fn))
 
     deg = torch.zeros(n, device=dev).index_add_(0, torch.repeat_interleave(torch.arange(n, device=dev), ip.diff()), w)
     inv = torch.where(deg > 0, 1.0 / deg, torch.zeros_like(deg))
