@@ -412,6 +412,23 @@ def test_gradcheck_float64():
     assert torch.autograd.gradcheck(lambda w_, p_: run(w_, v, o, lay, "sum", "sum", p_), (w, psw))
 
 
+def test_grads_go_to_the_inputs_that_require_them():
+    """Only per_sample_weights, only the weight, or both require grad; the output gradient may be
+    non-contiguous. Each gradient against the torch composition's."""
+    w, v, o, lay = make_problem(FEATS, 90, 10, 7, seed=17)
+    psw = torch.rand(v.numel())
+    g = torch.randn(10 * 6, 7).t()  # [B, G * D] = [7, 60], non-contiguous
+    for w_grad, p_grad in ((False, True), (True, False), (True, True)):
+        wo, po = w.clone().requires_grad_(w_grad), psw.clone().requires_grad_(p_grad)
+        wc, pc = w.clone().requires_grad_(w_grad), psw.clone().requires_grad_(p_grad)
+        run(wo, v, o, lay, "sum", "concat", po).backward(g)
+        composition(wc, v, o, lay, "sum", "concat", pc).backward(g)
+        for ours, theirs, wanted in ((wo.grad, wc.grad, w_grad), (po.grad, pc.grad, p_grad)):
+            assert (ours is not None) == wanted
+            if wanted:
+                torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
+
+
 # ---- fused optimizers ----------------------------------------------------------------------------
 
 

@@ -1,7 +1,10 @@
-// embedding family ops (DESIGN 3.1): schemas, argument checks, CPU and CUDA registration.
-// Fake kernels and autograd: python/embkern/_ops.py.
+// embedding family ops (DESIGN 3.1): schemas, argument checks, CPU and CUDA registration, and the
+// autograd of mux_embedding_bag and mux_embedding_bag_fused (see the end). Fake kernels:
+// python/embkern/_ops.py.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <torch/autograd.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -952,5 +955,162 @@ TORCH_LIBRARY_IMPL(embkern, CUDA, m) {
   m.impl("mux_embedding_bag_fused", &fused_forward_cuda);
 }
 #endif
+
+// ---- autograd ------------------------------------------------------------------------------------
+// Registered here rather than with torch.library.register_autograd (as the other families do): these
+// ops run once per training step, and that Python path cost ~100 us a step on this CPU (56 us of it
+// in torch's fill_defaults, quadratic in the 14 schema arguments) and ~250 us on the H200's host,
+// more than the whole GPU backward. The forward and backward call the ops through the dispatcher,
+// below autograd, so the fake kernels serve torch.compile as before.
+namespace {
+
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+using OptTensor = std::optional<Tensor>;
+
+template <class Sig>
+c10::TypedOperatorHandle<Sig> embkern_op(const char* name) {
+  return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Sig>();
+}
+
+#define EMBKERN_EMB_LAYOUT_TYPES                                                                     \
+  const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&, c10::string_view, \
+      c10::string_view, const OptTensor&
+
+// The saved layout: values, offsets, the four probe tensors, pooling, combine, per_sample_weights.
+struct SavedLayout {
+  Tensor values, offsets, po, base, size, keys;
+  std::string pooling, combine;
+  OptTensor psw;
+};
+
+void save_layout(AutogradContext* ctx, std::vector<Tensor> head, const Tensor& values, const Tensor& offsets,
+                 const Tensor& po, const Tensor& base, const Tensor& size, const Tensor& keys,
+                 c10::string_view pooling, c10::string_view combine, const OptTensor& psw) {
+  head.insert(head.end(), {values, offsets, po, base, size, keys, psw.value_or(Tensor())});
+  ctx->save_for_backward(head);
+  ctx->saved_data["pooling"] = std::string(pooling);
+  ctx->saved_data["combine"] = std::string(combine);
+}
+
+// Unpacks what save_layout stored after `head_count` leading tensors (returned in head).
+SavedLayout load_layout(AutogradContext* ctx, size_t head_count, std::vector<Tensor>& head) {
+  const variable_list saved = ctx->get_saved_variables();
+  head.assign(saved.begin(), saved.begin() + head_count);
+  const auto* t = saved.data() + head_count;
+  SavedLayout l{t[0], t[1], t[2], t[3], t[4], t[5], ctx->saved_data["pooling"].toStringRef(),
+                ctx->saved_data["combine"].toStringRef(), std::nullopt};
+  if (t[6].defined()) l.psw = t[6];
+  return l;
+}
+
+struct MuxEmbeddingBagFunction : public torch::autograd::Function<MuxEmbeddingBagFunction> {
+  static Tensor forward(AutogradContext* ctx, const Tensor& weight, const Tensor& values, const Tensor& offsets,
+                        const Tensor& po, const Tensor& base, const Tensor& size, const Tensor& keys,
+                        c10::string_view pooling, c10::string_view combine, const OptTensor& psw, bool sparse) {
+    static const auto op = embkern_op<Tensor(const Tensor&, EMBKERN_EMB_LAYOUT_TYPES, bool)>("embkern::mux_embedding_bag");
+    Tensor out;
+    {
+      at::AutoDispatchBelowADInplaceOrView guard;
+      out = op.call(weight, values, offsets, po, base, size, keys, pooling, combine, psw, sparse);
+    }
+    save_layout(ctx, {weight}, values, offsets, po, base, size, keys, pooling, combine, psw);
+    ctx->saved_data["sparse"] = sparse;
+    return out;
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    static const auto dense_op =
+        embkern_op<Tensor(const Tensor&, const Tensor&, EMBKERN_EMB_LAYOUT_TYPES)>("embkern::mux_embedding_bag_backward");
+    static const auto sparse_op = embkern_op<std::tuple<Tensor, Tensor>(const Tensor&, const Tensor&, EMBKERN_EMB_LAYOUT_TYPES)>(
+        "embkern::mux_embedding_bag_backward_sparse");
+    static const auto psw_op = embkern_op<Tensor(const Tensor&, const Tensor&, EMBKERN_EMB_LAYOUT_TYPES)>(
+        "embkern::mux_embedding_bag_psw_backward");
+    std::vector<Tensor> head;
+    const SavedLayout l = load_layout(ctx, 1, head);
+    const Tensor& weight = head[0];
+    const Tensor grad = grads[0].contiguous();
+    Tensor g_weight, g_psw;
+    if (ctx->needs_input_grad(0)) {
+      if (ctx->saved_data["sparse"].toBool()) {
+        auto [rows, vals] =
+            sparse_op.call(grad, weight, l.values, l.offsets, l.po, l.base, l.size, l.keys, l.pooling, l.combine, l.psw);
+        // Sorted unique rows: coalesced by construction.
+        g_weight = at::_sparse_coo_tensor_unsafe(rows.unsqueeze(0), vals, weight.sizes(), vals.options(), true);
+      } else {
+        g_weight = dense_op.call(grad, weight, l.values, l.offsets, l.po, l.base, l.size, l.keys, l.pooling, l.combine, l.psw);
+      }
+    }
+    // Edges exist for tensor arguments only: weight and the six layout tensors, then psw when given.
+    if (l.psw && ctx->needs_input_grad(7))
+      g_psw = psw_op.call(grad, weight, l.values, l.offsets, l.po, l.base, l.size, l.keys, l.pooling, l.combine, l.psw)
+                  .to(l.psw->scalar_type());
+    variable_list out(11);
+    out[0] = g_weight;
+    out[9] = g_psw;
+    return out;
+  }
+};
+
+// The forward whose backward applies the optimizer in place on the saved weight (and momentum) and
+// returns no gradient.
+struct MuxFusedFunction : public torch::autograd::Function<MuxFusedFunction> {
+  static Tensor forward(AutogradContext* ctx, const Tensor& weight, const Tensor& momentum, const Tensor& values,
+                        const Tensor& offsets, const Tensor& po, const Tensor& base, const Tensor& size,
+                        const Tensor& keys, c10::string_view pooling, c10::string_view combine, const OptTensor& psw,
+                        c10::string_view optimizer, double lr, double eps) {
+    static const auto op = embkern_op<Tensor(const Tensor&, const Tensor&, EMBKERN_EMB_LAYOUT_TYPES, c10::string_view,
+                                             double, double)>("embkern::mux_embedding_bag_fused");
+    Tensor out;
+    {
+      at::AutoDispatchBelowADInplaceOrView guard;
+      out = op.call(weight, momentum, values, offsets, po, base, size, keys, pooling, combine, psw, optimizer, lr, eps);
+    }
+    save_layout(ctx, {weight, momentum}, values, offsets, po, base, size, keys, pooling, combine, psw);
+    ctx->saved_data["optimizer"] = std::string(optimizer);
+    ctx->saved_data["lr"] = lr;
+    ctx->saved_data["eps"] = eps;
+    return out;
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    static const auto sgd_op =
+        embkern_op<void(const Tensor&, const Tensor&, EMBKERN_EMB_LAYOUT_TYPES, double)>("embkern::mux_embedding_bag_sgd_");
+    static const auto adagrad_op =
+        embkern_op<void(const Tensor&, const Tensor&, const Tensor&, EMBKERN_EMB_LAYOUT_TYPES, double, double)>(
+            "embkern::mux_embedding_bag_rowwise_adagrad_");
+    std::vector<Tensor> head;
+    const SavedLayout l = load_layout(ctx, 2, head);
+    const Tensor grad = grads[0].contiguous();
+    const double lr = ctx->saved_data["lr"].toDouble();
+    if (ctx->saved_data["optimizer"].toStringRef() == "sgd")
+      sgd_op.call(head[0], grad, l.values, l.offsets, l.po, l.base, l.size, l.keys, l.pooling, l.combine, l.psw, lr);
+    else
+      adagrad_op.call(head[0], head[1], grad, l.values, l.offsets, l.po, l.base, l.size, l.keys, l.pooling, l.combine,
+                      l.psw, lr, ctx->saved_data["eps"].toDouble());
+    return variable_list(14);
+  }
+};
+
+Tensor mux_embedding_bag_autograd(const Tensor& weight, const Tensor& values, const Tensor& offsets, const Tensor& po,
+                                  const Tensor& base, const Tensor& size, const Tensor& keys, c10::string_view pooling,
+                                  c10::string_view combine, const OptTensor& psw, bool sparse) {
+  return MuxEmbeddingBagFunction::apply(weight, values, offsets, po, base, size, keys, pooling, combine, psw, sparse);
+}
+
+Tensor mux_embedding_bag_fused_autograd(const Tensor& weight, const Tensor& momentum, const Tensor& values,
+                                        const Tensor& offsets, const Tensor& po, const Tensor& base, const Tensor& size,
+                                        const Tensor& keys, c10::string_view pooling, c10::string_view combine,
+                                        const OptTensor& psw, c10::string_view optimizer, double lr, double eps) {
+  return MuxFusedFunction::apply(weight, momentum, values, offsets, po, base, size, keys, pooling, combine, psw,
+                                 optimizer, lr, eps);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(embkern, Autograd, m) {
+  m.impl("mux_embedding_bag", &mux_embedding_bag_autograd);
+  m.impl("mux_embedding_bag_fused", &mux_embedding_bag_fused_autograd);
+}
 
 }  // namespace embkern::emb

@@ -1,4 +1,5 @@
-"""Fake (meta) kernels: output shapes and dtypes for torch.compile, FakeTensor and opcheck."""
+"""Fake (meta) kernels: output shapes and dtypes for torch.compile, FakeTensor and opcheck; and the autograd
+of the ops that are not called once per training step (those register theirs in C++)."""
 from __future__ import annotations
 
 import torch
@@ -143,52 +144,10 @@ def _mux_rowwise_adagrad_fake(weight, momentum, grad, *args):
     return None
 
 
-def _mux_setup_context(ctx, inputs, output):
-    weight, values, offsets, po, base, size, keys, pooling, combine, psw, sparse = inputs
-    ctx.save_for_backward(weight, values, offsets, po, base, size, keys, psw)
-    ctx.pooling, ctx.combine, ctx.sparse = pooling, combine, sparse
+# The autograd of mux_embedding_bag and mux_embedding_bag_fused is C++ (end of
+# csrc/embedding/embedding_op.cpp): run once per training step, they cannot afford this path's ~100 us.
 
 
-def _mux_backward(ctx, grad):
-    weight, values, offsets, po, base, size, keys, psw = ctx.saved_tensors
-    layout = (values, offsets, po, base, size, keys, ctx.pooling, ctx.combine, psw)
-    grad = grad.contiguous()
-    g_weight = g_psw = None
-    if ctx.needs_input_grad[0]:
-        if ctx.sparse:
-            rows, vals = torch.ops.embkern.mux_embedding_bag_backward_sparse(grad, weight, *layout)
-            g_weight = torch.sparse_coo_tensor(rows.unsqueeze(0), vals, weight.shape, is_coalesced=True,
-                                               check_invariants=False)
-        else:
-            g_weight = torch.ops.embkern.mux_embedding_bag_backward(grad, weight, *layout)
-    if psw is not None and ctx.needs_input_grad[9]:
-        g_psw = torch.ops.embkern.mux_embedding_bag_psw_backward(grad, weight, *layout).to(psw.dtype)
-    return g_weight, None, None, None, None, None, None, None, None, g_psw, None
-
-
-torch.library.register_autograd("embkern::mux_embedding_bag", _mux_backward, setup_context=_mux_setup_context)
-
-
-def _mux_fused_setup_context(ctx, inputs, output):
-    weight, momentum, values, offsets, po, base, size, keys, pooling, combine, psw, optimizer, lr, eps = inputs
-    ctx.save_for_backward(weight, momentum, values, offsets, po, base, size, keys, psw)
-    ctx.pooling, ctx.combine, ctx.optimizer, ctx.lr, ctx.eps = pooling, combine, optimizer, lr, eps
-
-
-def _mux_fused_backward(ctx, grad):
-    # The optimizer step happens here, in place, on the rows the batch touched: no weight gradient.
-    weight, momentum, values, offsets, po, base, size, keys, psw = ctx.saved_tensors
-    layout = (values, offsets, po, base, size, keys, ctx.pooling, ctx.combine, psw)
-    grad = grad.contiguous()
-    if ctx.optimizer == "sgd":
-        torch.ops.embkern.mux_embedding_bag_sgd_(weight, grad, *layout, ctx.lr)
-    else:
-        torch.ops.embkern.mux_embedding_bag_rowwise_adagrad_(weight, momentum, grad, *layout, ctx.lr, ctx.eps)
-    return (None,) * 14
-
-
-torch.library.register_autograd("embkern::mux_embedding_bag_fused", _mux_fused_backward,
-                                setup_context=_mux_fused_setup_context)
 # ---- rbe (DESIGN 3.4) -------------------------------------------------------------------------------
 
 
