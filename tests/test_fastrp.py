@@ -477,6 +477,33 @@ def test_fastrp_input_forms_agree():
     np.testing.assert_array_equal(unweighted, embkern.fastrp(a1, 16, [1.0, 1.0]))
 
 
+def test_int32_and_int64_column_ids_give_the_same_bits(isa):
+    """int32 column ids (scipy's) are read in place by every kernel: the same bits as int64."""
+    rng = np.random.default_rng(21)
+    a = random_csr(rng, 60, 45, 0.15)
+    ip = torch.from_numpy(a.indptr).long()
+    ix64, ix32 = torch.from_numpy(a.indices).long(), torch.from_numpy(a.indices).int()
+    w, x, rs = torch.from_numpy(a.data), torch.randn(45, 37), torch.rand(60)
+    for xx in (x, x.bfloat16()):
+        for args in ((w, xx, rs, True), (None, xx, None, False)):
+            want = embkern.csr_spmm(ip, ix64, *args[:3], normalize=args[3])
+            assert torch.equal(embkern.csr_spmm(ip, ix32, *args[:3], normalize=args[3]), want)
+    grads = []
+    for ids in (ix64, ix32):  # the backward sorts the column ids of either width
+        xg = x.clone().requires_grad_(True)
+        embkern.csr_spmm(ip, ids, w, xg, rs, normalize=True).square().sum().backward()
+        grads.append(xg.grad)
+    assert torch.equal(grads[0], grads[1])
+    g = undirected_graph(rng, 300, 900, weighted=True)
+    gi = torch.from_numpy(g.indptr).long()
+    g64, g32 = torch.from_numpy(g.indices).long(), torch.from_numpy(g.indices).int()
+    gw = torch.from_numpy(g.data)
+    for kw in (dict(), dict(beta=-0.5, dtype=torch.bfloat16), dict(self_weight=0.3, normalize="propagate")):
+        for weights in (gw, None):  # None: codes-only records and the unweighted degree pass
+            want = embkern.fastrp((gi, g64, weights), 24, [0.0, 1.0, 1.0], seed=3, **kw)
+            assert torch.equal(embkern.fastrp((gi, g32, weights), 24, [0.0, 1.0, 1.0], seed=3, **kw), want)
+
+
 def test_fastrp_self_weight_only_and_trailing_zero_weights():
     rng = np.random.default_rng(15)
     a = undirected_graph(rng, 40, 100)
@@ -623,6 +650,12 @@ def test_csr_spmm_bad_inputs():
     x = torch.randn(2, 3)
     with pytest.raises(IndexError, match=r"csr_spmm: indices must be in \[0, 2\), got indices\[1\] = 2"):
         embkern.csr_spmm(ip, torch.tensor([0, 2]), None, x)
+    with pytest.raises(IndexError, match=r"csr_spmm: indices must be in \[0, 2\), got indices\[1\] = -1"):
+        embkern.csr_spmm(ip, torch.tensor([0, -1], dtype=torch.int32), None, x)
+    with pytest.raises(IndexError, match=r"fastrp: indices must be in \[0, 2\), got indices\[1\] = 5"):
+        embkern.fastrp((ip, torch.tensor([1, 5], dtype=torch.int32), None), 4, [1.0])
+    with pytest.raises(TypeError, match=r"csr_spmm: indices must have dtype int64 or int32, got torch.float32"):
+        torch.ops.embkern.csr_spmm(ip, ix.float(), None, x, None, False)
     with pytest.raises(TypeError, match=r"x must have dtype torch.float32 or torch.bfloat16, got torch.float64"):
         embkern.csr_spmm(ip, ix, None, x.double())
     with pytest.raises(ValueError, match=r"x must be a 2-D tensor, got 1-D"):
@@ -652,6 +685,7 @@ def _opcheck_samples():
     return [
         (torch.ops.embkern.csr_spmm.default, (ip, ix, w, x, torch.rand(40), True)),
         (torch.ops.embkern.csr_spmm.default, (ip, ix, None, x.bfloat16(), None, False)),
+        (torch.ops.embkern.csr_spmm.default, (ip, ix.int(), w, x, None, False)),
         (torch.ops.embkern.csr_spmm_accumulate_.default, (torch.zeros(40, 19), ip, ix, w, x, None, 0.5, True)),
         (torch.ops.embkern.fastrp.default, (ip, ix, w, 40, 16, [0.0, 1.0, 1.0], 0.5, -0.2, 3.0, 7, None, "propagate", None, 0, torch.bfloat16)),
         (torch.ops.embkern.fastrp_projection.default, (torch.arange(10), 12, 3.0, 1, False)),
@@ -667,9 +701,9 @@ def test_opcheck_autograd():
     rng = np.random.default_rng(19)
     a = random_csr(rng, 30, 20, 0.2)
     ip, ix, w = torch.from_numpy(a.indptr).long(), torch.from_numpy(a.indices).long(), torch.from_numpy(a.data)
-    for normalize in (False, True):
+    for normalize, ids in ((False, ix), (True, ix), (False, ix.int())):
         x = torch.randn(20, 9, requires_grad=True)
-        torch.library.opcheck(torch.ops.embkern.csr_spmm.default, (ip, ix, w, x, torch.rand(30), normalize))
+        torch.library.opcheck(torch.ops.embkern.csr_spmm.default, (ip, ids, w, x, torch.rand(30), normalize))
 
 
 def check_compile_fullgraph(device):

@@ -56,6 +56,22 @@ def test_csr_spmm_matches_cpu(d, x_dtype):
     torch.testing.assert_close(out_g.cpu(), out_c, rtol=1e-5, atol=1e-6)
 
 
+def test_int32_column_ids_on_cuda():
+    """The ops take int32 column ids on CUDA too (widened on the device): the bits of int64's, and
+    the same index errors."""
+    ip, ix, w = graph(3, 400, 1500)
+    x = torch.randn(400, 40)
+    want = torch.ops.embkern.csr_spmm(*cuda(ip, ix, w, x), None, False)
+    assert torch.equal(torch.ops.embkern.csr_spmm(*cuda(ip, ix.int(), w, x), None, False), want)
+    args = (400, 16, [0.0, 1.0, 1.0], 0.0, 0.0, 3.0, 5, None, "merge", None, 0, None)
+    want = torch.ops.embkern.fastrp(*cuda(ip, ix, w), *args)
+    assert torch.equal(torch.ops.embkern.fastrp(*cuda(ip, ix.int(), w), *args), want)
+    bad = ix.int().clone()
+    bad[7] = 400
+    with pytest.raises(IndexError, match=r"csr_spmm: indices must be in \[0, 400\), got indices\[7\] = 400"):
+        torch.ops.embkern.csr_spmm(*cuda(ip, bad, w, x), None, False)
+
+
 @pytest.mark.parametrize("normalize", ["merge", "propagate", "none"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_fastrp_matches_cpu(normalize, dtype):

@@ -32,8 +32,19 @@
 #include <limits>
 
 #include "common/float_convert.h"
+#include "common/hash.h"  // EMBKERN_HOST_DEVICE
 
 namespace embkern::fastrp {
+
+// A CSR matrix's column ids: int64, or int32 as scipy stores them, read in place (a widened copy
+// of a scipy matrix's indices cost ~50 ms of the ~450 ms P5 call, mostly page faults on 80 MB).
+struct ColumnIds {
+  const void* p = nullptr;
+  bool int32 = false;
+  EMBKERN_HOST_DEVICE int64_t operator[](int64_t j) const {
+    return int32 ? int64_t(static_cast<const int32_t*>(p)[j]) : static_cast<const int64_t*>(p)[j];
+  }
+};
 
 // Sign-code records (see above).
 inline int64_t code_words_of(int64_t d) { return (d + 15) / 16; }
@@ -58,7 +69,7 @@ inline bool bad_graph_weight(float w) { return !(w >= 0.f) | !(w <= std::numeric
 
 struct SpmmArgs {
   const int64_t* indptr;   // [rows + 1]
-  const int64_t* indices;  // [nnz], each in [0, rows of x)
+  ColumnIds indices;       // [nnz], each in [0, rows of x)
   const float* weights;    // [nnz] or nullptr (all ones)
   int64_t nnz;             // indptr[rows]; bounds the prefetch look-ahead
   const void* x;           // [*, d] fp32 or bf16 (uint16 bits)
@@ -110,7 +121,7 @@ struct InitArgs {
 // for deg 0; 1 for beta 0), and the checks of those rows' entries (the pass reads them anyway).
 struct DegreeArgs {
   const int64_t* indptr;   // [n + 1], checked: starts at 0, non-decreasing
-  const int64_t* indices;  // [nnz]
+  ColumnIds indices;       // [nnz]
   const float* weights;    // [nnz] or nullptr
   int64_t n;
   double beta;

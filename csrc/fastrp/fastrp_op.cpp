@@ -70,6 +70,15 @@ int64_t first_offender(int64_t n, Bad&& bad) {
   return f == std::numeric_limits<int64_t>::max() ? -1 : f;
 }
 
+// The kernels' view of a contiguous int64 or int32 indices tensor.
+ColumnIds column_ids(const Tensor& indices) { return ColumnIds{indices.data_ptr(), indices.scalar_type() == at::kInt}; }
+
+// Indices as the backend reads them, contiguous: the CPU kernels read int32 in place; the CUDA
+// kernels take int64 (an int32 tensor is widened on the device).
+Tensor kernel_indices(const Tensor& indices) {
+  return indices.is_cuda() && indices.scalar_type() == at::kInt ? indices.to(at::kLong) : indices.contiguous();
+}
+
 // A CSR matrix with `rows` rows, columns in [0, cols), optional float32 weights. Graph weights
 // (FastRP) must also be finite and non-negative. Without `scan_entries` a CPU matrix gets only its
 // O(rows) checks (enough to walk the rows safely): the caller checks each entry in its own pass and
@@ -78,7 +87,8 @@ void check_csr(const Tensor& indptr, const Tensor& indices, const OptTensor& wei
                const char* op, bool graph_weights, bool scan_entries = true) {
   check_dtype(indptr, op, "indptr", at::kLong);
   check_rank(indptr, op, "indptr", 1);
-  check_dtype(indices, op, "indices", at::kLong);
+  TORCH_CHECK_TYPE(indices.scalar_type() == at::kLong || indices.scalar_type() == at::kInt, op,
+                   ": indices must have dtype int64 or int32, got ", dtype_name(indices.scalar_type()));
   check_rank(indices, op, "indices", 1);
   check_same_device(indptr, "indptr", indices, "indices", op);
   TORCH_CHECK_VALUE(indptr.numel() == rows + 1, op, ": indptr must have length ", rows + 1,
@@ -96,7 +106,7 @@ void check_csr(const Tensor& indptr, const Tensor& indices, const OptTensor& wei
   if (indptr.is_cpu()) {  // plain loops: one pass each, far cheaper than tensor temporaries here
     const Tensor ipc = indptr.contiguous(), ixc = indices.contiguous();
     const int64_t* ip = ipc.data_ptr<int64_t>();
-    const int64_t* ix = ixc.data_ptr<int64_t>();
+    const ColumnIds ix = column_ids(ixc);
     first = ip[0];
     last = ip[rows];
     p_drop = first_offender(rows, [&](int64_t r) { return ip[r + 1] < ip[r]; });
@@ -117,7 +127,7 @@ void check_csr(const Tensor& indptr, const Tensor& indices, const OptTensor& wei
                              : at::zeros({1}, i64));
     if (nnz > 0) {
       const auto [lo, hi] = at::aminmax(indices);
-      parts.push_back(at::stack({lo, hi}));
+      parts.push_back(at::stack({lo, hi}).to(at::kLong));
     }
     const bool scan_weights = weights && graph_weights && nnz > 0;
     if (scan_weights) {
@@ -170,7 +180,7 @@ SpmmArgs spmm_args(const Tensor& indptr, const Tensor& indices, const OptTensor&
                    const OptTensor& row_scale) {
   SpmmArgs a{};
   a.indptr = indptr.data_ptr<int64_t>();
-  a.indices = indices.data_ptr<int64_t>();
+  a.indices = column_ids(indices);
   a.weights = weights ? weights->data_ptr<float>() : nullptr;
   a.nnz = indices.numel();
   a.x = x.data_ptr();
@@ -271,7 +281,7 @@ Tensor csr_spmm_impl(const Tensor& indptr, const Tensor& indices, const OptTenso
                      const OptTensor& row_scale, bool normalize) {
   const int64_t rows = check_spmm_inputs(indptr, indices, weights, x, row_scale, "csr_spmm");
   Tensor out = empty_buffer({rows, x.size(1)}, x.options().dtype(at::kFloat));
-  const Tensor ip = indptr.contiguous(), ix = indices.contiguous(), xc = x.contiguous();
+  const Tensor ip = indptr.contiguous(), ix = kernel_indices(indices), xc = x.contiguous();
   const OptTensor w = contiguous_opt(weights), rs = contiguous_opt(row_scale);
   SpmmArgs a = spmm_args(ip, ix, w, xc, rs);
   a.y = out.data_ptr();
@@ -289,7 +299,7 @@ void csr_spmm_accumulate_impl(Tensor& out, const Tensor& indptr, const Tensor& i
   TORCH_CHECK_VALUE(out.dim() == 2 && out.size(0) == rows && out.size(1) == x.size(1), op,
                     ": out must have shape [", rows, ", ", x.size(1), "], got ", out.sizes());
   TORCH_CHECK_VALUE(out.is_contiguous(), op, ": out must be contiguous (it is updated in place)");
-  const Tensor ip = indptr.contiguous(), ix = indices.contiguous(), xc = x.contiguous();
+  const Tensor ip = indptr.contiguous(), ix = kernel_indices(indices), xc = x.contiguous();
   const OptTensor w = contiguous_opt(weights), rs = contiguous_opt(row_scale);
   SpmmArgs a = spmm_args(ip, ix, w, xc, rs);
   a.acc = out.data_ptr<float>();
@@ -540,14 +550,14 @@ Tensor fastrp_cpu(const Tensor& indptr, const Tensor& indices, const OptTensor& 
   // one pass over the graph instead of three (~10 ms at P5's size).
   const Plan p = check_fastrp(indptr, indices, weights, num_nodes, dim, iteration_weights, self_weight, beta, s, seed,
                               node_keys, std::string(normalize), features, feature_dim, dtype, false);
-  const Tensor ip = indptr.contiguous(), ix = indices.contiguous();
+  const Tensor ip = indptr.contiguous(), ix = kernel_indices(indices);
   const OptTensor keys = contiguous_opt(node_keys), feats = contiguous_opt(features);
   OptTensor w = contiguous_opt(weights);
   const int64_t n = p.n;
   Tensor inv_deg = at::empty({n}, ix.options().dtype(at::kFloat));
   Tensor lscale = at::empty({n}, ix.options().dtype(at::kFloat));
   {
-    const DegreeArgs da{ip.data_ptr<int64_t>(), ix.data_ptr<int64_t>(), w ? w->data_ptr<float>() : nullptr, n, p.beta,
+    const DegreeArgs da{ip.data_ptr<int64_t>(), column_ids(ix), w ? w->data_ptr<float>() : nullptr, n, p.beta,
                         inv_deg.data_ptr<float>(), lscale.data_ptr<float>()};
     const DegreeFn fn = pick_degree();
     std::atomic<bool> bad_entry{false}, non_unit{false};
@@ -599,7 +609,7 @@ Tensor fastrp_cuda(const Tensor& indptr, const Tensor& indices, const OptTensor&
   const c10::cuda::CUDAGuard guard(indices.device());
   const Plan p = check_fastrp(indptr, indices, weights, num_nodes, dim, iteration_weights, self_weight, beta, s, seed,
                               node_keys, std::string(normalize), features, feature_dim, dtype, true);
-  const Tensor ip = indptr.contiguous(), ix = indices.contiguous();
+  const Tensor ip = indptr.contiguous(), ix = kernel_indices(indices);
   const OptTensor w = contiguous_opt(weights), keys = contiguous_opt(node_keys), feats = contiguous_opt(features);
   const int64_t n = p.n;
   const cudaStream_t stream = current_stream(ix);

@@ -51,9 +51,12 @@ def _seed_bits(seed: Any) -> int:
     return s - _UINT64 if s >= 1 << 63 else s
 
 
-def _index_tensor(x: Any, name: str, device: torch.device | None) -> torch.Tensor:
+def _index_tensor(x: Any, name: str, device: torch.device | None, keep_int32: bool = False) -> torch.Tensor:
+    """An integer array as int64; with keep_int32 (column ids) an int32 CPU array stays as is: the CPU
+    kernels read it in place, so a scipy matrix's indices are not copied (CUDA kernels take int64)."""
     t = as_tensor(x, name, device)
-    if t.dtype in (torch.int32, torch.int16, torch.uint8, torch.int8):
+    keep = keep_int32 and t.dtype == torch.int32 and t.device.type == "cpu"
+    if t.dtype in (torch.int32, torch.int16, torch.uint8, torch.int8) and not keep:
         t = t.to(torch.int64)
     return t
 
@@ -79,7 +82,7 @@ def _csr_parts(adjacency: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor
         if adjacency.shape[0] != adjacency.shape[1]:
             raise ValueError(f"fastrp: adjacency must be square (n x n), got shape {adjacency.shape}")
         csr = adjacency.tocsr()
-        return (_index_tensor(csr.indptr, "indptr", None), _index_tensor(csr.indices, "indices", None),
+        return (_index_tensor(csr.indptr, "indptr", None), _index_tensor(csr.indices, "indices", None, True),
                 _weights_tensor(csr.data, None), int(csr.shape[0]), True)
     if isinstance(adjacency, torch.Tensor):
         if adjacency.layout == torch.sparse_coo:
@@ -89,13 +92,13 @@ def _csr_parts(adjacency: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor
         if adjacency.dim() != 2 or adjacency.shape[0] != adjacency.shape[1]:
             raise ValueError(f"fastrp: adjacency must be square (n x n), got shape {tuple(adjacency.shape)}")
         dev = adjacency.device
-        return (_index_tensor(adjacency.crow_indices(), "indptr", dev), _index_tensor(adjacency.col_indices(), "indices", dev),
+        return (_index_tensor(adjacency.crow_indices(), "indptr", dev), _index_tensor(adjacency.col_indices(), "indices", dev, True),
                 _weights_tensor(adjacency.values(), dev), int(adjacency.shape[0]), False)
     if isinstance(adjacency, (tuple, list)) and len(adjacency) == 3:
         indptr, indices, weights = adjacency
         numpy_out = not isinstance(indptr, torch.Tensor)
         dev = indptr.device if isinstance(indptr, torch.Tensor) else None
-        return (_index_tensor(indptr, "indptr", dev), _index_tensor(indices, "indices", dev), _weights_tensor(weights, dev),
+        return (_index_tensor(indptr, "indptr", dev), _index_tensor(indices, "indices", dev, True), _weights_tensor(weights, dev),
                 None, numpy_out)
     raise TypeError("fastrp: adjacency must be a scipy sparse matrix, a torch sparse CSR tensor or a tuple "
                     f"(indptr, indices, weights or None), got {type(adjacency).__name__}")
@@ -234,7 +237,7 @@ def csr_spmm(
     x = as_tensor(X, "X")
     dev = x.device
     ip = _index_tensor(indptr, "indptr", dev)
-    ix = _index_tensor(indices, "indices", dev)
+    ix = _index_tensor(indices, "indices", dev, True)
     w = _weights_tensor(weights, dev)
     rs = None if row_scale is None else as_tensor(row_scale, "row_scale", dev)
     if rs is not None and rs.is_floating_point() and rs.dtype != torch.float32:
