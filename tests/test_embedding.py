@@ -572,6 +572,27 @@ def test_unified_embedding_matches_op():
     assert torch.equal(m2(x2)[:, 8:], out)
 
 
+def test_unified_embedding_input_dtypes_empty_batch_and_bad_offsets():
+    m = embkern.UnifiedEmbedding(1000, 8, {"user": 2, "item": 1, "ctx": 1}, seed=3)
+    x = module_inputs(6, 1)
+    want = m(x)
+    # int32 values (kept as int32: the op sign-extends them), int32 offsets, mixed dtypes: same bits
+    x32 = {n: (v.int(), o.int()) for n, (v, o) in x.items()}
+    assert m._jagged(x32)[0].dtype == torch.int32
+    assert torch.equal(m(x32), want)
+    mixed = dict(x, item=(x["item"][0].int(), x["item"][1]))
+    assert m._jagged(mixed)[0].dtype == torch.int64
+    assert torch.equal(m(mixed), want)
+    # an empty batch
+    empty = {n: (torch.zeros(0, dtype=torch.int64), torch.zeros(1, dtype=torch.int64)) for n in x}
+    assert m(empty).shape == (0, 32)
+    # a feature whose offsets do not end at its number of values is named
+    assert x["item"][0].numel() > 0
+    bad = dict(x, item=(x["item"][0][:-1], x["item"][1]))
+    with pytest.raises(ValueError, match=r"feature 'item' offsets must end at len\(values\) = \d+, got \d+"):
+        m(bad)
+
+
 def test_huge_page_empty():
     t = embkern.huge_page_empty((3 << 18, 16))  # 48 MB: spans many 2 MB pages
     assert t.shape == (3 << 18, 16) and t.dtype == torch.float32 and t.is_contiguous() and t.device.type == "cpu"
