@@ -358,6 +358,8 @@ Tensor mux_embedding_bag_cpu(const Tensor& weight, const Tensor& values, const T
   return in_weight_dtype(forward_acc_cpu(p, weight), weight);
 }
 
+int bit_width(uint64_t x) { return x == 0 ? 0 : 64 - __builtin_clzll(x); }
+
 // Stable LSD radix sort of keys (and their values, when vals is not null) by key bits
 // [lo_bit, lo_bit + bits), 8 bits per pass (256 buckets: 11-bit digits measured slower, their
 // scatter streams thrash the caches). The chunking does not depend on the thread count, and a
@@ -407,7 +409,10 @@ void radix_sort_msd(uint64_t*& keys, uint64_t*& tmp, int64_t n, int lo_bit, int 
   if (bits == 0 || n <= 1) return;
   constexpr int kDigitBits = 8;
   constexpr int64_t kChunk = 1 << 15;
-  const int top_bits = std::min(bits, kDigitBits), top_shift = lo_bit + bits - top_bits;
+  // Top buckets of 256 keys or more: each bucket pass also clears and scans its 2^digit counters,
+  // which for 256 buckets of a small batch cost far more than the keys themselves.
+  const int top_bits = std::clamp(bit_width(uint64_t(n)) - 9, 0, std::min(bits, kDigitBits));
+  const int top_shift = top_bits > 0 ? lo_bit + bits - top_bits : 0;  // (one bucket: mask 0)
   const int64_t nb = int64_t(1) << top_bits, top_mask = nb - 1;
   const int64_t chunks = (n + kChunk - 1) / kChunk;
   std::vector<int64_t> hist(size_t(chunks * nb), 0), bucket_start(size_t(nb + 1), 0);
@@ -464,8 +469,6 @@ void radix_sort_msd(uint64_t*& keys, uint64_t*& tmp, int64_t n, int lo_bit, int 
   // After the top scatter the keys sit in dst; each bucket pass moves them between dst and src.
   if (passes % 2 == 0) std::swap(keys, tmp);
 }
-
-int bit_width(uint64_t x) { return x == 0 ? 0 : 64 - __builtin_clzll(x); }
 
 enum class BackwardOut { Dense, Sparse, Sgd, RowwiseAdagrad };
 
