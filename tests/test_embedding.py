@@ -313,6 +313,21 @@ def test_backward_large_table_many_pairs(isa):
     assert torch.equal(w2, ref_w)
 
 
+@pytest.mark.parametrize("bags", [1, 60, 63, 64, 65, 127, 128, 129, 600])
+def test_backward_sort_sizes(bags):
+    """The pair sort's top digit grows with the number of pairs (1 bucket below 512 pairs, up to 256):
+    pair counts around those steps (8 pairs a bag here: 504, 512, 520, ... 4800), against autograd
+    of the composition, with rows that repeat."""
+    w, v, o, lay = make_problem({"a": 2, "b": 2}, 700, 6, bags, max_len=2, seed=bags, dtype=torch.float64)
+    v = torch.arange(4 * bags) % 517  # 2 ids a bag, 517 distinct ids: rows repeat across bags
+    o = torch.arange(0, 2 * 2 * bags + 1, 2)  # 2 ids per bag: pairs = 2 features x 2 probes x 2 x bags
+    g = torch.randn(bags, 4 * 6, generator=torch.Generator().manual_seed(bags), dtype=torch.float64)
+    rows, vals = OPS.mux_embedding_bag_backward_sparse(g, w, v, o, *lay, "sum", "concat", None)
+    want = composition_grad(w, v, o, lay, "sum", "concat", g)
+    assert torch.equal(rows, want.abs().sum(1).nonzero().flatten())
+    torch.testing.assert_close(vals, want[rows], rtol=1e-12, atol=1e-12)
+
+
 def test_reused_output_buffers():
     """Outputs of 1 MiB and more come from a cache of freed blocks: live outputs never share memory,
     and a reused block never leaks old values (pooling none zero-fills the probes a feature lacks)."""
