@@ -488,6 +488,9 @@ def test_int32_and_int64_column_ids_give_the_same_bits(isa):
         for args in ((w, xx, rs, True), (None, xx, None, False)):
             want = embkern.csr_spmm(ip, ix64, *args[:3], normalize=args[3])
             assert torch.equal(embkern.csr_spmm(ip, ix32, *args[:3], normalize=args[3]), want)
+    strided = torch.stack([ix32, ix32], 1)[:, 0]  # a non-contiguous int32 view
+    assert not strided.is_contiguous()
+    assert torch.equal(torch.ops.embkern.csr_spmm(ip, strided, w, x, rs, False), embkern.csr_spmm(ip, ix64, w, x, rs))
     grads = []
     for ids in (ix64, ix32):  # the backward sorts the column ids of either width
         xg = x.clone().requires_grad_(True)

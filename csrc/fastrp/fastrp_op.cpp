@@ -76,7 +76,8 @@ ColumnIds column_ids(const Tensor& indices) { return ColumnIds{indices.data_ptr(
 // Indices as the backend reads them, contiguous: the CPU kernels read int32 in place; the CUDA
 // kernels take int64 (an int32 tensor is widened on the device).
 Tensor kernel_indices(const Tensor& indices) {
-  return indices.is_cuda() && indices.scalar_type() == at::kInt ? indices.to(at::kLong) : indices.contiguous();
+  const Tensor t = indices.is_cuda() && indices.scalar_type() == at::kInt ? indices.to(at::kLong) : indices;
+  return t.contiguous();
 }
 
 // A CSR matrix with `rows` rows, columns in [0, cols), optional float32 weights. Graph weights
