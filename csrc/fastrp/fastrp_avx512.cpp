@@ -10,15 +10,15 @@
 namespace embkern::fastrp {
 namespace {
 
-template <int NV>
-void gather_block(const SpmmArgs& a, int64_t jb, int64_t je, int64_t c0, __mmask16 tail, float* v) {
+template <int NV, class Ids>
+void gather_block(const SpmmArgs& a, const Ids& ids, int64_t jb, int64_t je, int64_t c0, __mmask16 tail, float* v) {
   __m512 acc[NV];
   for (int i = 0; i < NV; ++i) acc[i] = _mm512_setzero_ps();
   const float* x = static_cast<const float*>(a.x);
   for (int64_t j = jb; j < je; ++j) {
-    prefetch_x_row(a, j + kGatherAhead, c0, 4, NV * 64);
+    prefetch_x_row(a, ids, j + kGatherAhead, c0, 4, NV * 64);
     const __m512 w = _mm512_set1_ps(entry_weight(a, j));
-    const float* row = x + a.indices[j] * a.d + c0;
+    const float* row = x + ids[j] * a.d + c0;
     for (int i = 0; i < NV; ++i)
       acc[i] = _mm512_fmadd_ps(w, _mm512_maskz_loadu_ps(i == NV - 1 ? tail : __mmask16(0xFFFF), row + 16 * i), acc[i]);
   }
@@ -31,8 +31,8 @@ void gather_block(const SpmmArgs& a, int64_t jb, int64_t je, int64_t c0, __mmask
 // same bits) and are interleaved once per row: one ALU op per 16 columns besides the fma, where
 // widening each 16 columns took a shuffle (port 5, which the fmas also need) and a shift
 // (measured at P5's size: the two bf16 SpMMs ~20 and ~30 ms faster).
-template <int NP>
-void gather_block_bf16(const SpmmArgs& a, int64_t jb, int64_t je, int64_t c0, __mmask32 tail, float* v) {
+template <int NP, class Ids>
+void gather_block_bf16(const SpmmArgs& a, const Ids& ids, int64_t jb, int64_t je, int64_t c0, __mmask32 tail, float* v) {
   __m512 even[NP], odd[NP];
   for (int i = 0; i < NP; ++i) {
     even[i] = _mm512_setzero_ps();
@@ -41,9 +41,9 @@ void gather_block_bf16(const SpmmArgs& a, int64_t jb, int64_t je, int64_t c0, __
   const __m512i high_half = _mm512_set1_epi32(int32_t(0xFFFF0000u));
   const uint16_t* x = static_cast<const uint16_t*>(a.x);
   for (int64_t j = jb; j < je; ++j) {
-    prefetch_x_row(a, j + kGatherAhead, c0, 2, NP * 64);
+    prefetch_x_row(a, ids, j + kGatherAhead, c0, 2, NP * 64);
     const __m512 w = _mm512_set1_ps(entry_weight(a, j));
-    const uint16_t* row = x + a.indices[j] * a.d + c0;
+    const uint16_t* row = x + ids[j] * a.d + c0;
     for (int i = 0; i < NP; ++i) {
       const __m512i h = _mm512_maskz_loadu_epi16(i == NP - 1 ? tail : __mmask32(0xFFFFFFFFu), row + 32 * i);
       even[i] = _mm512_fmadd_ps(w, _mm512_castsi512_ps(_mm512_slli_epi32(h, 16)), even[i]);
@@ -64,8 +64,8 @@ void gather_block_bf16(const SpmmArgs& a, int64_t jb, int64_t je, int64_t c0, __
 // permute reads 4 index bits; the two above the field hold the next column's, so the table is
 // repeated 4 times). One record (codes, and the magnitude unless all rows share it) is half or one
 // cache line. The products are those of the materialized row: fma(w, +-v or +0, acc).
-template <int NV>
-void gather_block_codes(const SpmmArgs& a, int64_t jb, int64_t je, int64_t c0, __mmask16 tail, float* v) {
+template <int NV, class Ids>
+void gather_block_codes(const SpmmArgs& a, const Ids& ids, int64_t jb, int64_t je, int64_t c0, __mmask16 tail, float* v) {
   __m512 acc[NV];
   for (int i = 0; i < NV; ++i) acc[i] = _mm512_setzero_ps();
   const int64_t stride = a.code_stride, w0 = c0 / 16;
@@ -77,8 +77,8 @@ void gather_block_codes(const SpmmArgs& a, int64_t jb, int64_t je, int64_t c0, _
   const __m512 shared_table = table_of(_mm512_castps_si512(_mm512_set1_ps(a.code_magnitude)));
   for (int64_t j = jb; j < je; ++j) {
     if (j + kGatherAhead < a.nnz)
-      _mm_prefetch(reinterpret_cast<const char*>(a.x_codes + a.indices[j + kGatherAhead] * stride + w0), _MM_HINT_T0);
-    const uint32_t* row = a.x_codes + a.indices[j] * stride;
+      _mm_prefetch(reinterpret_cast<const char*>(a.x_codes + ids[j + kGatherAhead] * stride + w0), _MM_HINT_T0);
+    const uint32_t* row = a.x_codes + ids[j] * stride;
     const __m512 w = _mm512_set1_ps(entry_weight(a, j));
     const __m512 table = a.code_row_magnitude ? table_of(_mm512_set1_epi32(int32_t(row[a.code_words]))) : shared_table;
     for (int i = 0; i < NV; ++i) {
@@ -151,26 +151,28 @@ void fill_codes_avx512(uint64_t row_state, uint32_t* words, int64_t n, uint64_t 
 void spmm_rows_avx512(const SpmmArgs& a, int64_t row_begin, int64_t row_end) {
   const int64_t d = a.d;
   std::vector<float> v(static_cast<size_t>(d));
-  for (int64_t r = row_begin; r < row_end; ++r) {
-    const int64_t jb = a.indptr[r], je = a.indptr[r + 1];
-    prefetch_acc_src(a, r, row_end);
-    for (int64_t c0 = 0; c0 < d; c0 += 128) {
-      const int64_t cols = std::min<int64_t>(128, d - c0);
-      const __mmask16 tail = cols % 16 ? __mmask16((1u << (cols % 16)) - 1) : __mmask16(0xFFFF);
-      if (a.x_codes)
-        with_vector_count(int((cols + 15) / 16), [&](auto nv) { gather_block_codes<nv>(a, jb, je, c0, tail, v.data()); });
-      else if (a.x_bf16)
-        with_vector_count(int((cols + 31) / 32), [&](auto np) {
-          gather_block_bf16<np>(a, jb, je, c0, cols % 32 ? __mmask32((1u << (cols % 32)) - 1) : __mmask32(0xFFFFFFFFu),
-                                v.data());
-        });
-      else
-        with_vector_count(int((cols + 15) / 16), [&](auto nv) { gather_block<nv>(a, jb, je, c0, tail, v.data()); });
+  with_typed_ids(a.indices, [&](const auto& ids) {
+    for (int64_t r = row_begin; r < row_end; ++r) {
+      const int64_t jb = a.indptr[r], je = a.indptr[r + 1];
+      prefetch_acc_src(a, r, row_end);
+      for (int64_t c0 = 0; c0 < d; c0 += 128) {
+        const int64_t cols = std::min<int64_t>(128, d - c0);
+        const __mmask16 tail = cols % 16 ? __mmask16((1u << (cols % 16)) - 1) : __mmask16(0xFFFF);
+        if (a.x_codes)
+          with_vector_count(int((cols + 15) / 16), [&](auto nv) { gather_block_codes<nv>(a, ids, jb, je, c0, tail, v.data()); });
+        else if (a.x_bf16)
+          with_vector_count(int((cols + 31) / 32), [&](auto np) {
+            gather_block_bf16<np>(a, ids, jb, je, c0, cols % 32 ? __mmask32((1u << (cols % 32)) - 1) : __mmask32(0xFFFFFFFFu),
+                                  v.data());
+          });
+        else
+          with_vector_count(int((cols + 15) / 16), [&](auto nv) { gather_block<nv>(a, ids, jb, je, c0, tail, v.data()); });
+      }
+      apply_row_scale(v.data(), d, a.row_scale, r);
+      row_epilogue(v.data(), d, r, a.y, a.y_bf16, a.y_normalize, a.acc, a.acc_weight, a.acc_normalize, a.acc_overwrite,
+                   a.acc_src, a.acc_src_bf16, a.acc_src_weight, a.acc_src_normalize, a.y_stream);
     }
-    apply_row_scale(v.data(), d, a.row_scale, r);
-    row_epilogue(v.data(), d, r, a.y, a.y_bf16, a.y_normalize, a.acc, a.acc_weight, a.acc_normalize, a.acc_overwrite,
-                 a.acc_src, a.acc_src_bf16, a.acc_src_weight, a.acc_src_normalize, a.y_stream);
-  }
+  });
   end_row_stores();
 }
 

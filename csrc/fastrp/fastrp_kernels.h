@@ -46,6 +46,21 @@ struct ColumnIds {
   }
 };
 
+// The column ids with their width fixed once per call, for the CPU's hot loops: ids[j] is then a
+// plain load (testing ColumnIds::int32 per entry made the bf16 gathers 7-20% slower).
+template <class I>
+struct TypedIds {
+  const I* p;
+  int64_t operator[](int64_t j) const { return p[j]; }
+};
+template <class F>
+inline void with_typed_ids(const ColumnIds& ids, F&& f) {
+  if (ids.int32)
+    f(TypedIds<int32_t>{static_cast<const int32_t*>(ids.p)});
+  else
+    f(TypedIds<int64_t>{static_cast<const int64_t*>(ids.p)});
+}
+
 // Sign-code records (see above).
 inline int64_t code_words_of(int64_t d) { return (d + 15) / 16; }
 inline int64_t code_stride_of(int64_t d, bool row_magnitude) {  // codes (+ magnitude), padded to 8 or 16k words

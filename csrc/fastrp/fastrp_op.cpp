@@ -107,12 +107,13 @@ void check_csr(const Tensor& indptr, const Tensor& indices, const OptTensor& wei
   if (indptr.is_cpu()) {  // plain loops: one pass each, far cheaper than tensor temporaries here
     const Tensor ipc = indptr.contiguous(), ixc = indices.contiguous();
     const int64_t* ip = ipc.data_ptr<int64_t>();
-    const ColumnIds ix = column_ids(ixc);
     first = ip[0];
     last = ip[rows];
     p_drop = first_offender(rows, [&](int64_t r) { return ip[r + 1] < ip[r]; });
     if (scan_entries)
-      p_index = first_offender(nnz, [&](int64_t j) { return bad_index(ix[j], cols); });
+      with_typed_ids(column_ids(ixc), [&](const auto& ix) {
+        p_index = first_offender(nnz, [&](int64_t j) { return bad_index(ix[j], cols); });
+      });
     if (weights && graph_weights && scan_entries) {
       const Tensor wc = weights->contiguous();
       const float* w = wc.data_ptr<float>();

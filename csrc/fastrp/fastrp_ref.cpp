@@ -14,9 +14,9 @@ void spmm_rows_scalar(const SpmmArgs& a, int64_t row_begin, int64_t row_end) {
     std::fill(v.begin(), v.end(), 0.f);
     for (int64_t j = a.indptr[r]; j < a.indptr[r + 1]; ++j) {
       const float w = entry_weight(a, j);
-      const int64_t src = a.indices[j] * d;
+      const int64_t col = a.indices[j], src = col * d;  // (the oracle reads the width per entry)
       if (a.x_codes) {
-        for (int64_t c = 0; c < d; ++c) v[c] = std::fma(w, code_value(a, a.indices[j], c), v[c]);
+        for (int64_t c = 0; c < d; ++c) v[c] = std::fma(w, code_value(a, col, c), v[c]);
       } else if (a.x_bf16) {
         const uint16_t* xr = static_cast<const uint16_t*>(a.x) + src;
         for (int64_t c = 0; c < d; ++c) v[c] = std::fma(w, bf16_to_f32(xr[c]), v[c]);

@@ -135,12 +135,14 @@ inline void row_epilogue(float* v, int64_t d, int64_t row, void* y, bool y_bf16,
 // needed much later).
 constexpr int64_t kGatherAhead = 16;
 
-// Prefetches the `bytes` of x's row indices[j] (elements of esize bytes) from column c0 on, into
+// Prefetches the `bytes` of x's row ids[j] (elements of esize bytes) from column c0 on, into
 // L2, when entry j exists. Prefetch helpers are always_inline: GCC 12 otherwise finds them free of
 // side effects (they only read memory) and deletes their calls before inlining, prefetches and all.
-[[gnu::always_inline]] inline void prefetch_x_row(const SpmmArgs& a, int64_t j, int64_t c0, int64_t esize, int64_t bytes) {
+template <class Ids>
+[[gnu::always_inline]] inline void prefetch_x_row(const SpmmArgs& a, const Ids& ids, int64_t j, int64_t c0, int64_t esize,
+                                                  int64_t bytes) {
   if (j >= a.nnz) return;
-  const char* p = static_cast<const char*>(a.x) + (a.indices[j] * a.d + c0) * esize;
+  const char* p = static_cast<const char*>(a.x) + (ids[j] * a.d + c0) * esize;
   for (int64_t l = 0; l < bytes; l += 64) __builtin_prefetch(p + l, 0, 2);  // locality 2: T1
 }
 
@@ -190,7 +192,9 @@ inline DegreeFlags degree_rows_impl(const DegreeArgs& a, int64_t row_begin, int6
   uint64_t bad = 0, not_one = 0;
   for (int64_t b = row_begin; b < row_end; b += 4096) {
     const int64_t e = std::min(row_end, b + 4096);
-    for (int64_t j = ip[b]; j < ip[e]; ++j) bad += bad_index(a.indices[j], a.n);
+    with_typed_ids(a.indices, [&](const auto& ids) {
+      for (int64_t j = ip[b]; j < ip[e]; ++j) bad += bad_index(ids[j], a.n);
+    });
     uint64_t block_not_one = 0;
     if (w)
       for (int64_t j = ip[b]; j < ip[e]; ++j) {
