@@ -138,7 +138,7 @@ struct Problem {
   int64_t M = 0, D = 0, N = 0, F = 0, B = 0, G = 0, pmax = 0;
   Tensor values, offsets, probe_offsets, row_base, row_size, keys;  // contiguous, on the weight's device
   std::vector<int64_t> h_probe_offsets;
-  std::vector<int64_t> h_feature_bounds;  // offsets[f * B] for f = 0..F (CUDA inputs only)
+  std::vector<int64_t> h_feature_bounds;  // offsets[f * B] for f = 0..F: where each feature's values start
   Tensor psw;  // contiguous, accumulation dtype, or undefined
   int64_t out_rows() const { return pooling == kPoolNone ? N : B; }
   int64_t out_cols() const {
@@ -230,6 +230,8 @@ Problem check_problem(const char* op, const Tensor& weight, const Tensor& values
     for (int64_t j = 0; j < p.F * p.B; ++j)
       TORCH_CHECK_VALUE(o[j + 1] >= o[j], op, ": offsets must be non-decreasing, but offsets[", j, "] = ", o[j],
                         " > offsets[", j + 1, "] = ", o[j + 1]);
+    p.h_feature_bounds.resize(size_t(p.F + 1));
+    for (int64_t f = 0; f <= p.F; ++f) p.h_feature_bounds[size_t(f)] = o[f * p.B];
   } else {
     const int64_t first = p.h_feature_bounds.front(), last = p.h_feature_bounds.back();
     TORCH_CHECK_VALUE(first == 0, op, ": offsets[0] must be 0, got ", first);
@@ -360,6 +362,24 @@ Tensor mux_embedding_bag_cpu(const Tensor& weight, const Tensor& values, const T
 
 int bit_width(uint64_t x) { return x == 0 ? 0 : 64 - __builtin_clzll(x); }
 
+// The backward's pairs: feature f contributes (its values) x (its probes), laid out by (value,
+// probe), which is also the order of code = i * G + g. Returns each feature's first pair [F + 1].
+std::vector<int64_t> feature_pair_bases(const Problem& p, const char* op) {
+  const auto& fb = p.h_feature_bounds;
+  const auto& po = p.h_probe_offsets;
+  std::vector<int64_t> base(size_t(p.F + 1), 0);
+  for (int64_t f = 0; f < p.F; ++f)
+    base[size_t(f + 1)] = base[size_t(f)] + checked_mul(fb[size_t(f + 1)] - fb[size_t(f)], po[size_t(f + 1)] - po[size_t(f)],
+                                                      op, "the number of (value, probe) pairs");
+  return base;
+}
+
+// The column where probe g (of feature f) finds its slot in a row of the output gradient.
+int64_t probe_grad_col(const Problem& p, int64_t f, int64_t g) {
+  if (p.combine == kCombineSum) return 0;
+  return p.pooling == kPoolNone ? (g - p.h_probe_offsets[size_t(f)]) * p.D : g * p.D;
+}
+
 // Stable LSD radix sort of keys (and their values, when vals is not null) by key bits
 // [lo_bit, lo_bit + bits), 8 bits per pass (256 buckets: 11-bit digits measured slower, their
 // scatter streams thrash the caches). The chunking does not depend on the thread count, and a
@@ -482,12 +502,7 @@ std::vector<Tensor> backward_cpu(const char* op, BackwardOut kind, const Tensor&
   const int64_t N = p.N, G = p.G, D = p.D, B = p.B, F = p.F;
   const int64_t* o = p.offsets.data_ptr<int64_t>();
   const auto& po = p.h_probe_offsets;
-  // Pairs: feature f contributes (its values) x (its probes); laid out by (value, probe), which is
-  // also the order of code = i * G + g.
-  std::vector<int64_t> pair_base(size_t(F + 1), 0);
-  for (int64_t f = 0; f < F; ++f)
-    pair_base[size_t(f + 1)] =
-        pair_base[size_t(f)] + checked_mul(o[(f + 1) * B] - o[f * B], po[f + 1] - po[f], op, "the number of (value, probe) pairs");
+  const std::vector<int64_t> pair_base = feature_pair_bases(p, op);
   const int64_t P = pair_base[size_t(F)];
   const int gbits = bit_width(uint64_t(std::max<int64_t>(G - 1, 0)));
   TORCH_CHECK_VALUE(N == 0 || bit_width(uint64_t(N - 1)) + gbits <= 64, op, ": ", N, " values x ", G,
@@ -555,8 +570,7 @@ std::vector<Tensor> backward_cpu(const char* op, BackwardOut kind, const Tensor&
   });
   std::vector<int64_t> g_col(static_cast<size_t>(G));
   for (int64_t f = 0; f < F; ++f)
-    for (int64_t gg = po[f]; gg < po[f + 1]; ++gg)
-      g_col[size_t(gg)] = p.combine == kCombineSum ? 0 : (p.pooling == kPoolNone ? (gg - po[f]) * D : gg * D);
+    for (int64_t gg = po[f]; gg < po[f + 1]; ++gg) g_col[size_t(gg)] = probe_grad_col(p, f, gg);
 
   // Sort pairs by row (stable: codes stay ascending inside a row).
   Tensor keys_tmp = cpu_empty({P}, opts.dtype(at::kLong)), codes_tmp = cpu_empty({packed ? 0 : P}, opts.dtype(at::kLong));
@@ -771,12 +785,8 @@ std::vector<Tensor> backward_cuda(const char* op, BackwardOut kind, const Tensor
   const auto opts = weight.options();
   const int64_t N = p.N, G = p.G, D = p.D, F = p.F;
   const auto& po = p.h_probe_offsets;
-  // Feature boundaries of the values (F + 1 entries, read back by check_problem) size the pair arrays.
-  const int64_t* fb = p.h_feature_bounds.data();
-  std::vector<int64_t> pair_base(size_t(F + 1), 0);
-  for (int64_t f = 0; f < F; ++f)
-    pair_base[size_t(f + 1)] =
-        pair_base[size_t(f)] + checked_mul(fb[f + 1] - fb[f], po[f + 1] - po[f], op, "the number of (value, probe) pairs");
+  // (the feature bounds behind the pair bases came back with check_problem's one transfer)
+  const std::vector<int64_t> pair_base = feature_pair_bases(p, op);
   const int64_t P = pair_base[size_t(F)];
   const int gbits = bit_width(uint64_t(std::max<int64_t>(G - 1, 0)));
   TORCH_CHECK_VALUE(N == 0 || bit_width(uint64_t(N - 1)) + gbits <= 64, op, ": ", N, " values x ", G,
@@ -795,8 +805,7 @@ std::vector<Tensor> backward_cuda(const char* op, BackwardOut kind, const Tensor
   int64_t* hu = h_upload.data_ptr<int64_t>();
   std::copy(pair_base.begin(), pair_base.end(), hu);
   for (int64_t f = 0; f < F; ++f)
-    for (int64_t gg = po[f]; gg < po[f + 1]; ++gg)
-      hu[F + 1 + gg] = p.combine == kCombineSum ? 0 : (p.pooling == kPoolNone ? (gg - po[f]) * D : gg * D);
+    for (int64_t gg = po[f]; gg < po[f + 1]; ++gg) hu[F + 1 + gg] = probe_grad_col(p, f, gg);
   const Tensor upload = h_upload.to(opts.dtype(at::kLong), /*non_blocking=*/true);
   const Tensor d_pair_base = upload.narrow(0, 0, F + 1), d_gcol = upload.narrow(0, F + 1, G);
   Tensor slot_row = at::empty({N}, opts.dtype(at::kLong)), scale = at::empty({N}, opts.dtype(acc));
