@@ -52,11 +52,10 @@ def _seed_bits(seed: Any) -> int:
 
 
 def _index_tensor(x: Any, name: str, device: torch.device | None, keep_int32: bool = False) -> torch.Tensor:
-    """An integer array as int64; with keep_int32 (column ids) an int32 CPU array stays as is: the CPU
-    kernels read it in place, so a scipy matrix's indices are not copied (CUDA kernels take int64)."""
+    """An integer array as int64; with keep_int32 (column ids) int32 stays as is: the ops take it (the
+    CPU kernels read it in place, so a scipy matrix's indices are not copied; CUDA widens it)."""
     t = as_tensor(x, name, device)
-    keep = keep_int32 and t.dtype == torch.int32 and t.device.type == "cpu"
-    if t.dtype in (torch.int32, torch.int16, torch.uint8, torch.int8) and not keep:
+    if t.dtype in (torch.int32, torch.int16, torch.uint8, torch.int8) and not (keep_int32 and t.dtype == torch.int32):
         t = t.to(torch.int64)
     return t
 
