@@ -69,15 +69,16 @@ struct ScalarLanes {
 };
 
 constexpr int kMaxRegs = 8;       // registers of accumulators per block of a row
-constexpr int64_t kPrefetchAhead = 16;  // rows ahead (FBGEMM's SpMDM distance)
-constexpr int64_t kBlockPairs = 256;    // (value, probe) rows hashed before accumulating
+// (value, probe) rows hashed before accumulating: many times the prefetch distance, since the
+// prefetches stop at the end of a block.
+constexpr int64_t kBlockPairs = 2048;
 constexpr int64_t kGradPrefetchAhead = 12;  // backward: pairs ahead
 
-// always_inline: GCC 12 can find a prefetch-only helper free of side effects and delete its calls
-// before inlining them (seen with fastrp's equivalent helper).
+// Into L2 (T1): see kPrefetchRows. always_inline: GCC 12 can find a prefetch-only helper free of side
+// effects and delete its calls before inlining them (seen with fastrp's equivalent helper).
 [[gnu::always_inline]] inline void prefetch_bytes(const void* p, int64_t bytes) {
   const char* c = static_cast<const char*>(p);
-  for (int64_t o = 0; o < bytes; o += 64) __builtin_prefetch(c + o, 0, 3);
+  for (int64_t o = 0; o < bytes; o += 64) __builtin_prefetch(c + o, 0, 2);
 }
 
 // Calls body.template operator()<NR, PART>() for NR registers, the last partial when PART.
@@ -162,7 +163,7 @@ inline __attribute__((always_inline)) void pool_block(const T* w, int64_t D, int
 
 template <class V, class T>
 void pool_segment(const T* w, int64_t D, const int64_t* rows, const typename V::A* scales, int64_t n, int64_t pf_avail,
-                  typename V::A* out, bool mean, bool accumulate, int64_t pf = kPrefetchAhead) {
+                  typename V::A* out, bool mean, bool accumulate, int64_t pf = kPrefetchRows) {
   constexpr int64_t kBlock = int64_t(kMaxRegs) * V::kLanes;
   for (int64_t d0 = 0; d0 < D; d0 += kBlock) {
     const int64_t dn = std::min(kBlock, D - d0);
@@ -217,7 +218,7 @@ void forward_pooled_t(const ForwardArgs& a, int64_t b_begin, int64_t b_end) {
   std::vector<int64_t> rows;
   std::vector<A> scales;
   std::vector<Segment> segs;
-  rows.reserve(kBlockPairs * 2);
+  rows.reserve(size_t(kBlockPairs * 2));
   constexpr int64_t kBlock = int64_t(kMaxRegs) * V::kLanes;
   const auto run = [&]<int NR, bool PART>() {
     for (int64_t b = b_begin; b < b_end;) {
@@ -405,43 +406,55 @@ void backward_segments_t(const BackwardArgs& a, int64_t u_begin, int64_t u_end) 
   };
   const int64_t u_first = walk ? row_start(u_begin) : u_begin, u_stop = walk ? row_start(u_end) : u_end;
   const int64_t p_last = walk ? u_stop : a.seg_start[u_end];
-  for (int64_t u = u_first, p1 = 0; u < u_stop; u = walk ? p1 : u + 1) {
-    const int64_t p0 = walk ? u : a.seg_start[u];
-    p1 = p0 + 1;
-    if (walk)
-      while (p1 < u_stop && row_at(p1) == row_at(p0)) ++p1;
-    else
-      p1 = a.seg_start[u + 1];
-    const uint64_t row = row_at(p0);
-    // The weight row a few rows ahead, read-modify-written then (pairs ahead when walking: a row
-    // has ~1.1-1.6 pairs).
-    if (in_place) {
-      const int64_t ahead = walk ? p0 + 6 : u + 4;
-      if (ahead < u_stop)
-        prefetch_bytes(static_cast<const T*>(a.weight) + int64_t(row_at(walk ? ahead : a.seg_start[ahead])) * D,
-                       D * int64_t(sizeof(T)));
-    }
-    for (int64_t d0 = 0; d0 < D; d0 += kBlock) {
-      const int64_t dn = std::min(kBlock, D - d0);
-      dispatch_regs<V::kLanes>(dn, [&]<int NR, bool PART>() {
-        segment_block<V, T, NR, PART>(a, p0, p1, p_last, row, u, d0, dn, rowbuf.data());
-      });
-    }
-    if (a.mode == kRowwiseAdagrad) {
-      // FBGEMM EXACT_ROWWISE_ADAGRAD: G_r += mean_d(g^2); w_r -= lr / (sqrt(G_r) + eps) * g_r.
-      A* mom = static_cast<A*>(a.momentum) + row;
-      const A m = *mom + sum_squares_16(rowbuf.data(), D) / A(D);
-      *mom = m;
-      const A step = A(a.lr) / (std::sqrt(m) + A(a.eps));
-      T* w = static_cast<T*>(a.weight) + int64_t(row) * D;
-      for (int64_t d0 = 0; d0 < D; d0 += kBlock) {
-        const int64_t dn = std::min(kBlock, D - d0);
-        dispatch_regs<V::kLanes>(dn, [&]<int NR, bool PART>() {
-          scaled_update_block<V, T, NR, PART>(w + d0, rowbuf.data() + d0, -step, dn);
-        });
+  // NR > 0: the whole row fits in NR registers, so the register count is dispatched once per call
+  // instead of once per row; NR == 0: blocks of kBlock columns.
+  const auto run = [&]<int NR, bool PART>() {
+    for (int64_t u = u_first, p1 = 0; u < u_stop; u = walk ? p1 : u + 1) {
+      const int64_t p0 = walk ? u : a.seg_start[u];
+      p1 = p0 + 1;
+      if (walk)
+        while (p1 < u_stop && row_at(p1) == row_at(p0)) ++p1;
+      else
+        p1 = a.seg_start[u + 1];
+      const uint64_t row = row_at(p0);
+      // The weight row a few rows ahead, read-modify-written then (pairs ahead when walking: a row
+      // has ~1.1-1.6 pairs).
+      if (in_place) {
+        const int64_t ahead = walk ? p0 + 6 : u + 4;
+        if (ahead < u_stop)
+          prefetch_bytes(static_cast<const T*>(a.weight) + int64_t(row_at(walk ? ahead : a.seg_start[ahead])) * D,
+                         D * int64_t(sizeof(T)));
+      }
+      if constexpr (NR > 0) {
+        segment_block<V, T, NR, PART>(a, p0, p1, p_last, row, u, 0, D, rowbuf.data());
+      } else {
+        for (int64_t d0 = 0; d0 < D; d0 += kBlock) {
+          const int64_t dn = std::min(kBlock, D - d0);
+          dispatch_regs<V::kLanes>(dn, [&]<int NR2, bool PART2>() {
+            segment_block<V, T, NR2, PART2>(a, p0, p1, p_last, row, u, d0, dn, rowbuf.data());
+          });
+        }
+      }
+      if (a.mode == kRowwiseAdagrad) {
+        // FBGEMM EXACT_ROWWISE_ADAGRAD: G_r += mean_d(g^2); w_r -= lr / (sqrt(G_r) + eps) * g_r.
+        A* mom = static_cast<A*>(a.momentum) + row;
+        const A m = *mom + sum_squares_16(rowbuf.data(), D) / A(D);
+        *mom = m;
+        const A step = A(a.lr) / (std::sqrt(m) + A(a.eps));
+        T* w = static_cast<T*>(a.weight) + int64_t(row) * D;
+        for (int64_t d0 = 0; d0 < D; d0 += kBlock) {
+          const int64_t dn = std::min(kBlock, D - d0);
+          dispatch_regs<V::kLanes>(dn, [&]<int NR2, bool PART2>() {
+            scaled_update_block<V, T, NR2, PART2>(w + d0, rowbuf.data() + d0, -step, dn);
+          });
+        }
       }
     }
-  }
+  };
+  if (D <= kBlock)
+    dispatch_regs<V::kLanes>(D, run);
+  else
+    run.template operator()<0, false>();
 }
 
 // Instantiates the three entry points of one ISA: F32/BF16/F16 weights go through lanes V,
