@@ -130,10 +130,11 @@ inline void row_epilogue(float* v, int64_t d, int64_t row, void* y, bool y_bf16,
   }
 }
 
-// Gathered rows are prefetched this many entries ahead into L2 (T1): measured best among distances
-// 2..32 and hints T0/T1/none on a Sapphire Rapids VM (T0 fills the line buffers and L1 with rows
-// needed much later).
-constexpr int64_t kGatherAhead = 16;
+// Gathered rows are prefetched this many entries ahead into L2 (T1). Hints T0/T1/none and distances
+// 2..32 were measured first (T1 best; T0 fills the line buffers and L1 with rows needed much later);
+// at P5's size 48 then took the fp32 pipeline from 661-666 to 585-613 ms (the last SpMM 241-254 ->
+// 215-218 ms; 96 no better), with bf16 rows unchanged.
+constexpr int64_t kGatherAhead = 48;
 
 // Prefetches the `bytes` of x's row ids[j] (elements of esize bytes) from column c0 on, into
 // L2, when entry j exists. Prefetch helpers are always_inline: GCC 12 otherwise finds them free of
