@@ -485,6 +485,74 @@ def test_fused_forward_updates_weight_and_leaves_no_grad():
     assert torch.equal(p.detach(), w_ref)
 
 
+@pytest.mark.parametrize("optimizer", ["sgd", "rowwise_adagrad"])
+def test_fused_step_pair_keys_from_forward(isa, threads, monkeypatch, optimizer):
+    """The fused op's CPU forward writes the backward's pair keys (PairKeyMemo); the weights after
+    training steps must be bitwise those of recomputing the keys in the backward, for interleaved
+    steps (a later forward replaces the kept keys) and across thread counts. Many pairs: the keys
+    are written by several tasks and blocks of the forward."""
+    feats = {"a": 2, "b": 1, "c": 3}
+    w, v, o, lay = make_problem(feats, 5000, 20, 400, max_len=9, seed=21)
+    w_b, v_b, o_b, _ = make_problem(feats, 5000, 20, 400, max_len=9, seed=22)
+    grads = [torch.randn(400, 6 * 20, generator=torch.Generator().manual_seed(k)) for k in range(3)]
+
+    def train(reuse, n_threads):
+        monkeypatch.setenv("EMBKERN_REUSE_PAIR_KEYS", "1" if reuse else "0")
+        torch.set_num_threads(n_threads)
+        p, m = torch.nn.Parameter(w.clone()), torch.zeros(5000)
+        step = lambda vals, offs: OPS.mux_embedding_bag_fused(p, m, vals, offs, *lay, "sum", "concat", None,
+                                                             optimizer, 0.05, 1e-8)
+        step(v, o).backward(grads[0])  # forward, then its backward (the keys are kept and used)
+        out_a, out_b = step(v, o), step(v_b, o_b)  # the second forward replaces the first one's keys
+        out_a.backward(grads[1])
+        out_b.backward(grads[2])
+        return p.detach().clone(), m
+
+    want_w, want_m = train(False, 1)
+    # The same steps through the unfused ops.
+    w_ref, m_ref = w.clone(), torch.zeros(5000)
+    for vals, offs, g in ((v, o, grads[0]), (v, o, grads[1]), (v_b, o_b, grads[2])):
+        if optimizer == "sgd":
+            OPS.mux_embedding_bag_sgd_(w_ref, g, vals, offs, *lay, "sum", "concat", None, 0.05)
+        else:
+            OPS.mux_embedding_bag_rowwise_adagrad_(w_ref, m_ref, g, vals, offs, *lay, "sum", "concat", None, 0.05, 1e-8)
+    assert torch.equal(want_w, w_ref) and torch.equal(want_m, m_ref)
+    for n in (1, 3):
+        got_w, got_m = train(True, n)
+        assert torch.equal(got_w, want_w) and torch.equal(got_m, want_m)
+
+
+def test_fused_pair_keys_never_stale(monkeypatch):
+    """Kept pair keys must match the tensors a backward is given: more pending forwards than the
+    memo keeps, backwards in any order, and values changed in place after a forward."""
+    feats = {"a": 2, "b": 1}
+    w, _, _, lay = make_problem(feats, 3000, 12, 50, seed=23)
+    inputs = [make_problem(feats, 3000, 12, 50, seed=30 + k)[1:3] for k in range(6)]
+    grads = [torch.randn(50, 3 * 12, generator=torch.Generator().manual_seed(k)) for k in range(6)]
+
+    def run_steps(reuse):
+        monkeypatch.setenv("EMBKERN_REUSE_PAIR_KEYS", "1" if reuse else "0")
+        p = torch.nn.Parameter(w.clone())
+        outs = [OPS.mux_embedding_bag_fused(p, torch.zeros(0), v, o, *lay, "sum", "concat", None, "sgd", 0.1)
+                for v, o in inputs]
+        for k in (4, 0, 5, 2, 1, 3):
+            outs[k].backward(grads[k])
+        return p.detach().clone()
+
+    assert torch.equal(run_steps(True), run_steps(False))
+    # A forward keeps keys for (v, o); v then changes in place: a backward given the changed v hashes it.
+    monkeypatch.setenv("EMBKERN_REUSE_PAIR_KEYS", "1")
+    v, o = (t.clone() for t in inputs[0])
+    p = torch.nn.Parameter(w.clone())
+    OPS.mux_embedding_bag_fused(p, torch.zeros(0), v, o, *lay, "sum", "concat", None, "sgd", 0.1)
+    v.add_(1)
+    got, want = w.clone(), w.clone()
+    OPS.mux_embedding_bag_sgd_(got, grads[0], v, o, *lay, "sum", "concat", None, 0.1)
+    monkeypatch.setenv("EMBKERN_REUSE_PAIR_KEYS", "0")
+    OPS.mux_embedding_bag_sgd_(want, grads[0], v.clone(), o, *lay, "sum", "concat", None, 0.1)
+    assert torch.equal(got, want)
+
+
 # ---- op checks, errors ---------------------------------------------------------------------------
 
 

@@ -201,6 +201,13 @@ __attribute__((noinline, optimize("no-tree-vectorize"))) int64_t hash_block(
         for (int64_t g = g0; g < g1; ++g)
           out[(g - g0) * n + i] = probe_row(pm, L.keys[g], L.row_base[g], L.row_size[g]);
       }
+      if (a.pair_keys) {
+        uint64_t* k = a.pair_keys + a.pair_base[f] + (s - L.offsets[f * B]) * (g1 - g0);
+        const uint64_t code = uint64_t(b) << a.probe_bits;
+        for (int64_t i = 0; i < n; ++i)
+          for (int64_t g = g0; g < g1; ++g)
+            k[i * (g1 - g0) + (g - g0)] = (uint64_t(out[(g - g0) * n + i]) << a.key_shift) | code | uint64_t(g);
+      }
       if (psw)
         for (int64_t g = g0; g < g1; ++g) scales.insert(scales.end(), psw + s, psw + e);
     }

@@ -71,6 +71,14 @@ struct ForwardArgs {
   void* out = nullptr;
   int64_t out_cols = 0;
   int64_t prefetch = kPrefetchRows;  // software prefetch distance in rows (0: off)
+  // Optional (pooled sum without per-sample weights): the backward's sort keys, written while the
+  // rows are hashed, so that the backward of a training step need not hash again. Pair (i, g) of
+  // feature f goes to pair_keys[pair_base[f] + (i - offsets[f * B]) * P_f + g - probe_offsets[f]]
+  // as (row << key_shift) | (b << probe_bits) | g: the backward's packed direct code.
+  uint64_t* pair_keys = nullptr;
+  const int64_t* pair_base = nullptr;  // [F]
+  int key_shift = 0;
+  int probe_bits = 0;
 };
 #define EMBKERN_EMB_FWD_ARGS const ForwardArgs &a, int64_t b_begin, int64_t b_end
 void forward_pooled_scalar(EMBKERN_EMB_FWD_ARGS);

@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <deque>
 #include <list>
 #include <mutex>
 #include <string>
@@ -321,13 +322,19 @@ CpuKernels pick_kernels() {
 }
 
 // The kernels' result in the accumulation dtype; the caller converts to the weight dtype.
-Tensor forward_acc_cpu(const Problem& p, const Tensor& weight) {
+// pair_keys (pooled sum only): also write the backward's packed pair keys (ForwardArgs::pair_keys).
+Tensor forward_acc_cpu(const Problem& p, const Tensor& weight, uint64_t* pair_keys = nullptr,
+                       const int64_t* pair_base = nullptr, int key_shift = 0, int probe_bits = 0) {
   const bool ragged = p.pooling == kPoolNone && p.combine == kCombineConcat;
   Tensor out = cpu_empty({p.out_rows(), p.out_cols()}, weight.options().dtype(acc_dtype(p.wtype)));
   if (ragged) out.zero_();
   if (out.numel() == 0) return out;
   const Tensor w = weight.contiguous();
-  const ForwardArgs a = forward_args(p, w, out);
+  ForwardArgs a = forward_args(p, w, out);
+  a.pair_keys = pair_keys;
+  a.pair_base = pair_base;
+  a.key_shift = key_shift;
+  a.probe_bits = probe_bits;
   const CpuKernels k = pick_kernels();
   if (p.pooling != kPoolNone) {
     // Each batch row is computed by one task from its own bags: results do not depend on threads.
@@ -378,6 +385,95 @@ std::vector<int64_t> feature_pair_bases(const Problem& p, const char* op) {
 int64_t probe_grad_col(const Problem& p, int64_t f, int64_t g) {
   if (p.combine == kCombineSum) return 0;
   return p.pooling == kPoolNone ? (g - p.h_probe_offsets[size_t(f)]) * p.D : g * p.D;
+}
+
+// How the backward's (row, code) pairs are encoded. Direct codes (unit scales: sum pooling without
+// per-sample weights, or pooling none) name the gradient row, (grad row << gbits) | g; otherwise
+// the value, (i << gbits) | g. When row bits + code bits fit in 64, each pair is one word (row <<
+// code_bits | code) and the sort moves half the bytes; otherwise rows and codes are separate arrays.
+struct PairEncoding {
+  std::vector<int64_t> pair_base;  // [F + 1] each feature's first pair
+  int64_t P = 0;                   // pairs
+  int gbits = 0;                   // probe bits of a code
+  bool direct = false;
+  int row_bits = 0;
+  bool packed = false;
+  int rshift = 0;                  // packed: row << rshift | code
+  uint64_t cmask = ~uint64_t(0);   // packed: key & cmask is the code
+};
+
+PairEncoding pair_encoding(const Problem& p, const char* op) {
+  PairEncoding e;
+  e.pair_base = feature_pair_bases(p, op);
+  e.P = e.pair_base[size_t(p.F)];
+  e.gbits = bit_width(uint64_t(std::max<int64_t>(p.G - 1, 0)));
+  TORCH_CHECK_VALUE(p.N == 0 || bit_width(uint64_t(p.N - 1)) + e.gbits <= 64, op, ": ", p.N, " values x ", p.G,
+                    " probes do not fit the 64-bit pair codes");
+  e.direct = !p.psw.defined() && p.pooling != kPoolMean;
+  e.row_bits = bit_width(uint64_t(p.M - 1));
+  const int64_t code_rows = p.pooling == kPoolNone || !e.direct ? p.N : p.B;
+  const int code_bits = code_rows == 0 ? e.gbits : bit_width(uint64_t(code_rows - 1)) + e.gbits;
+  e.packed = e.row_bits + code_bits <= 64;
+  e.rshift = e.packed ? code_bits : 0;
+  e.cmask = e.packed ? (code_bits == 64 ? ~uint64_t(0) : (uint64_t(1) << code_bits) - 1) : ~uint64_t(0);
+  return e;
+}
+
+// Packed pair keys that the fused op's forward wrote while hashing (ForwardArgs::pair_keys), kept for
+// the backward of the same training step, which then skips hashing every (value, probe) pair again
+// (~1 ms of a ~25 ms P1 step). Per thread (CPU autograd runs the backward on the thread that calls
+// it), the last kMaxPairKeyMemos forwards (a model may have several embedding modules; each
+// backward takes its own entry). An entry holds the layout tensors it was made from and their
+// versions: a backward matches only the same tensors, unmodified (a tensor freed and reallocated
+// at the same address cannot match while the entry holds the old one). The matching backward takes
+// the keys (its sort permutes them). Only the fused op's autograd asks for keys, and only when grad
+// is enabled: torch.compile and plain forwards never leave an entry. EMBKERN_REUSE_PAIR_KEYS=0
+// turns it off (tests compare both ways).
+struct PairKeyMemo {
+  std::vector<Tensor> layout;  // values, offsets, probe_offsets, row_base, row_size, keys
+  std::vector<int64_t> versions;
+  int64_t M = 0;
+  Tensor keys;
+};
+constexpr size_t kMaxPairKeyMemos = 4;
+thread_local std::deque<PairKeyMemo> t_pair_key_memos;  // oldest first
+thread_local bool t_want_pair_keys = false;  // set by the fused op's autograd around its forward
+
+bool pair_key_reuse_enabled() {
+  const char* e = std::getenv("EMBKERN_REUSE_PAIR_KEYS");
+  return !(e && e[0] == '0');
+}
+
+std::vector<Tensor> layout_tensors(const Problem& p) {
+  return {p.values, p.offsets, p.probe_offsets, p.row_base, p.row_size, p.keys};
+}
+
+void keep_pair_keys(const Problem& p, Tensor keys) {
+  PairKeyMemo m;
+  m.layout = layout_tensors(p);
+  for (const Tensor& t : m.layout) m.versions.push_back(t._version());
+  m.M = p.M;
+  m.keys = std::move(keys);
+  t_pair_key_memos.push_back(std::move(m));
+  if (t_pair_key_memos.size() > kMaxPairKeyMemos) t_pair_key_memos.pop_front();
+}
+
+// This problem's kept keys (taken out of the memo), or an undefined tensor.
+Tensor take_pair_keys(const Problem& p) {
+  if (t_pair_key_memos.empty() || p.pooling != kPoolSum || p.psw.defined()) return Tensor();
+  const std::vector<Tensor> now = layout_tensors(p);
+  for (auto m = t_pair_key_memos.rbegin(); m != t_pair_key_memos.rend(); ++m) {
+    bool same = m->M == p.M;
+    for (size_t t = 0; same && t < now.size(); ++t)
+      same = now[t].unsafeGetTensorImpl() == m->layout[t].unsafeGetTensorImpl() && !now[t].is_inference() &&
+             now[t]._version() == m->versions[t];
+    if (same) {
+      Tensor keys = std::move(m->keys);
+      t_pair_key_memos.erase(std::next(m).base());
+      return keys;
+    }
+  }
+  return Tensor();
 }
 
 // Stable LSD radix sort of keys (and their values, when vals is not null) by key bits
@@ -502,11 +598,10 @@ std::vector<Tensor> backward_cpu(const char* op, BackwardOut kind, const Tensor&
   const int64_t N = p.N, G = p.G, D = p.D, B = p.B, F = p.F;
   const int64_t* o = p.offsets.data_ptr<int64_t>();
   const auto& po = p.h_probe_offsets;
-  const std::vector<int64_t> pair_base = feature_pair_bases(p, op);
-  const int64_t P = pair_base[size_t(F)];
-  const int gbits = bit_width(uint64_t(std::max<int64_t>(G - 1, 0)));
-  TORCH_CHECK_VALUE(N == 0 || bit_width(uint64_t(N - 1)) + gbits <= 64, op, ": ", N, " values x ", G,
-                    " probes do not fit the 64-bit pair codes");
+  const PairEncoding enc = pair_encoding(p, op);
+  const std::vector<int64_t>& pair_base = enc.pair_base;
+  const int64_t P = enc.P;
+  const int gbits = enc.gbits;
   Tensor dense, sparse_rows, sparse_vals;
   if (kind == BackwardOut::Dense) dense = at::zeros({p.M, D}, opts.dtype(acc));
   if (P == 0) {
@@ -522,21 +617,20 @@ std::vector<Tensor> backward_cpu(const char* op, BackwardOut kind, const Tensor&
   // the grad row directly, (grad row << probe_bits) | g, and the reduce needs no per-value lookups.
   // The pairs keep their (value, probe) positions and the sort is stable, so each row is still
   // summed in (value, probe) order whatever the code holds.
-  const bool direct = !p.psw.defined() && p.pooling != kPoolMean;
+  const bool direct = enc.direct;
   Tensor slot_row = cpu_empty({direct ? 0 : N}, opts.dtype(at::kLong)), scale = cpu_empty({direct ? 0 : N}, opts.dtype(acc));
   int64_t* sr = direct ? nullptr : slot_row.data_ptr<int64_t>();
-  // When row bits + code bits fit in 64, each pair is one word (row << code_bits | code): the sort
-  // moves half the bytes. Otherwise rows and codes are separate arrays.
-  const int row_bits = bit_width(uint64_t(p.M - 1));
-  const int64_t code_rows = p.pooling == kPoolNone || !direct ? N : B;
-  const int code_bits = code_rows == 0 ? gbits : bit_width(uint64_t(code_rows - 1)) + gbits;
-  const bool packed = row_bits + code_bits <= 64;
-  const int rshift = packed ? code_bits : 0;
-  const uint64_t cmask = packed ? (code_bits == 64 ? ~uint64_t(0) : (uint64_t(1) << code_bits) - 1) : ~uint64_t(0);
-  Tensor keys = cpu_empty({P}, opts.dtype(at::kLong)), codes = cpu_empty({packed ? 0 : P}, opts.dtype(at::kLong));
+  const int row_bits = enc.row_bits, rshift = enc.rshift;
+  const bool packed = enc.packed;
+  const uint64_t cmask = enc.cmask;
+  // Keys the fused forward already wrote (PairKeyMemo) or hashed here.
+  Tensor keys = take_pair_keys(p);
+  const bool have_keys = keys.defined();
+  if (!have_keys) keys = cpu_empty({P}, opts.dtype(at::kLong));
+  Tensor codes = cpu_empty({packed ? 0 : P}, opts.dtype(at::kLong));
   uint64_t* kp = reinterpret_cast<uint64_t*>(keys.data_ptr<int64_t>());
   uint64_t* cp = packed ? nullptr : reinterpret_cast<uint64_t*>(codes.data_ptr<int64_t>());
-  AT_DISPATCH_FLOATING_TYPES(acc, "mux_embedding_bag_backward", [&] {
+  if (!have_keys) AT_DISPATCH_FLOATING_TYPES(acc, "mux_embedding_bag_backward", [&] {
     scalar_t* sc = direct ? nullptr : scale.data_ptr<scalar_t>();
     const scalar_t* psw = p.psw.defined() ? p.psw.data_ptr<scalar_t>() : nullptr;
     at::parallel_for(0, F * B, 64, [&](int64_t j0, int64_t j1) {
@@ -743,6 +837,20 @@ Tensor fused_forward_cpu(const Tensor& weight, const Tensor& momentum, EMBKERN_E
                     ": optimizer must be 'sgd' or 'rowwise_adagrad', got '", std::string(optimizer), "'");
   check_lr_eps(lr, eps, op);
   if (optimizer == "rowwise_adagrad") check_momentum(momentum, weight, p.wtype, op);
+  // A training step's forward (the autograd kernel asked): also write the pair keys its backward
+  // sorts (PairKeyMemo). Sum pooling without per-sample weights, packed keys, tracked versions.
+  if (t_want_pair_keys && p.pooling == kPoolSum && !p.psw.defined() && pair_key_reuse_enabled()) {
+    const PairEncoding enc = pair_encoding(p, op);
+    bool trackable = enc.packed && enc.P > 0;
+    for (const Tensor& t : layout_tensors(p)) trackable = trackable && !t.is_inference();
+    if (trackable) {
+      Tensor keys = cpu_empty({enc.P}, weight.options().dtype(at::kLong));
+      Tensor out = forward_acc_cpu(p, weight, reinterpret_cast<uint64_t*>(keys.data_ptr<int64_t>()),
+                                   enc.pair_base.data(), enc.rshift, enc.gbits);
+      keep_pair_keys(p, std::move(keys));
+      return in_weight_dtype(out, weight);
+    }
+  }
   return in_weight_dtype(forward_acc_cpu(p, weight), weight);
 }
 
@@ -1114,6 +1222,12 @@ Tensor mux_embedding_bag_fused_autograd(const Tensor& weight, const Tensor& mome
                                         const Tensor& offsets, const Tensor& po, const Tensor& base, const Tensor& size,
                                         const Tensor& keys, c10::string_view pooling, c10::string_view combine,
                                         const OptTensor& psw, c10::string_view optimizer, double lr, double eps) {
+  // A backward will follow: the CPU forward may keep its pair keys for it (PairKeyMemo).
+  struct WantKeys {
+    bool saved = t_want_pair_keys;
+    explicit WantKeys(bool want) { t_want_pair_keys = want; }
+    ~WantKeys() { t_want_pair_keys = saved; }
+  } want_keys(at::GradMode::is_enabled() && weight.requires_grad());
   return MuxFusedFunction::apply(weight, momentum, values, offsets, po, base, size, keys, pooling, combine, psw,
                                  optimizer, lr, eps);
 }
