@@ -553,6 +553,29 @@ def test_fused_pair_keys_never_stale(monkeypatch):
     assert torch.equal(got, want)
 
 
+def test_pending_pair_keys_at_exit():
+    """A fused forward whose backward never runs leaves kept pair keys in its thread; the process
+    must still exit cleanly (keys held references to the layout tensors once, and releasing them
+    after Python had shut down aborted the process)."""
+    import os
+    import subprocess
+    import sys
+    code = (
+        "import threading, torch, embkern\n"
+        "po, base, size, keys = embkern.probe_layout({'a': 2, 'b': 1}, 1000)\n"
+        "def step():\n"
+        "    v = torch.randint(0, 1 << 40, (64,)); o = torch.arange(0, 68, 4)\n"
+        "    p = torch.nn.Parameter(torch.randn(1000, 8))\n"
+        "    return torch.ops.embkern.mux_embedding_bag_fused(p, torch.zeros(0), v, o, po, base, size, keys,\n"
+        "                                                    'sum', 'concat', None, 'sgd', 0.1)\n"
+        "t = threading.Thread(target=step); t.start(); t.join()\n"
+        "out = step()\n"
+        "print('ok')\n")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert res.returncode == 0 and res.stdout.strip() == "ok", (res.returncode, res.stdout, res.stderr[-2000:])
+
+
 # ---- op checks, errors ---------------------------------------------------------------------------
 
 

@@ -423,17 +423,20 @@ PairEncoding pair_encoding(const Problem& p, const char* op) {
 // the backward of the same training step, which then skips hashing every (value, probe) pair again
 // (~1 ms of a ~25 ms P1 step). Per thread (CPU autograd runs the backward on the thread that calls
 // it), the last kMaxPairKeyMemos forwards (a model may have several embedding modules; each
-// backward takes its own entry). An entry holds the layout tensors it was made from and their
-// versions: a backward matches only the same tensors, unmodified (a tensor freed and reallocated
-// at the same address cannot match while the entry holds the old one). The matching backward takes
-// the keys (its sort permutes them). Only the fused op's autograd asks for keys, and only when grad
-// is enabled: torch.compile and plain forwards never leave an entry. EMBKERN_REUSE_PAIR_KEYS=0
-// turns it off (tests compare both ways).
+// backward takes its own entry). An entry names the layout tensors it was made from by weak
+// references and records their versions: a backward matches only the same tensors, unmodified. A
+// weak reference keeps the TensorImpl's memory, so no other tensor can take its address, but not the
+// tensor (nor its Python object: a strong one, released by thread-local destructors after Python
+// has shut down, aborted the process at exit). The matching backward takes the keys (its sort
+// permutes them). Only the fused op's autograd asks for keys, and only when grad is enabled:
+// torch.compile and plain forwards never leave an entry. EMBKERN_REUSE_PAIR_KEYS=0 turns it off
+// (tests compare both ways).
+using WeakTensorImpl = c10::weak_intrusive_ptr<c10::TensorImpl, c10::UndefinedTensorImpl>;
 struct PairKeyMemo {
-  std::vector<Tensor> layout;  // values, offsets, probe_offsets, row_base, row_size, keys
+  std::vector<WeakTensorImpl> layout;  // values, offsets, probe_offsets, row_base, row_size, keys
   std::vector<int64_t> versions;
   int64_t M = 0;
-  Tensor keys;
+  Tensor keys;  // a buffer of ours (no Python object)
 };
 constexpr size_t kMaxPairKeyMemos = 4;
 thread_local std::deque<PairKeyMemo> t_pair_key_memos;  // oldest first
@@ -450,8 +453,10 @@ std::vector<Tensor> layout_tensors(const Problem& p) {
 
 void keep_pair_keys(const Problem& p, Tensor keys) {
   PairKeyMemo m;
-  m.layout = layout_tensors(p);
-  for (const Tensor& t : m.layout) m.versions.push_back(t._version());
+  for (const Tensor& t : layout_tensors(p)) {
+    m.layout.emplace_back(t.getIntrusivePtr());
+    m.versions.push_back(t._version());
+  }
   m.M = p.M;
   m.keys = std::move(keys);
   t_pair_key_memos.push_back(std::move(m));
@@ -465,8 +470,8 @@ Tensor take_pair_keys(const Problem& p) {
   for (auto m = t_pair_key_memos.rbegin(); m != t_pair_key_memos.rend(); ++m) {
     bool same = m->M == p.M;
     for (size_t t = 0; same && t < now.size(); ++t)
-      same = now[t].unsafeGetTensorImpl() == m->layout[t].unsafeGetTensorImpl() && !now[t].is_inference() &&
-             now[t]._version() == m->versions[t];
+      same = !m->layout[t].expired() && m->layout[t]._unsafe_get_target() == now[t].unsafeGetTensorImpl() &&
+             !now[t].is_inference() && now[t]._version() == m->versions[t];
     if (same) {
       Tensor keys = std::move(m->keys);
       t_pair_key_memos.erase(std::next(m).base());
