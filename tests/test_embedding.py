@@ -485,8 +485,8 @@ def test_fused_forward_updates_weight_and_leaves_no_grad():
     assert torch.equal(p.detach(), w_ref)
 
 
-@pytest.mark.parametrize("optimizer", ["sgd", "rowwise_adagrad"])
-def test_fused_step_pair_keys_from_forward(isa, threads, monkeypatch, optimizer):
+@pytest.mark.parametrize("optimizer,combine", [("sgd", "concat"), ("rowwise_adagrad", "concat"), ("sgd", "sum")])
+def test_fused_step_pair_keys_from_forward(isa, threads, monkeypatch, optimizer, combine):
     """The fused op's CPU forward writes the backward's pair keys (PairKeyMemo); the weights after
     training steps must be bitwise those of recomputing the keys in the backward, for interleaved
     steps (a later forward replaces the kept keys) and across thread counts. Many pairs: the keys
@@ -494,13 +494,14 @@ def test_fused_step_pair_keys_from_forward(isa, threads, monkeypatch, optimizer)
     feats = {"a": 2, "b": 1, "c": 3}
     w, v, o, lay = make_problem(feats, 5000, 20, 400, max_len=9, seed=21)
     w_b, v_b, o_b, _ = make_problem(feats, 5000, 20, 400, max_len=9, seed=22)
-    grads = [torch.randn(400, 6 * 20, generator=torch.Generator().manual_seed(k)) for k in range(3)]
+    cols = 6 * 20 if combine == "concat" else 20
+    grads = [torch.randn(400, cols, generator=torch.Generator().manual_seed(k)) for k in range(3)]
 
     def train(reuse, n_threads):
         monkeypatch.setenv("EMBKERN_REUSE_PAIR_KEYS", "1" if reuse else "0")
         torch.set_num_threads(n_threads)
         p, m = torch.nn.Parameter(w.clone()), torch.zeros(5000)
-        step = lambda vals, offs: OPS.mux_embedding_bag_fused(p, m, vals, offs, *lay, "sum", "concat", None,
+        step = lambda vals, offs: OPS.mux_embedding_bag_fused(p, m, vals, offs, *lay, "sum", combine, None,
                                                              optimizer, 0.05, 1e-8)
         step(v, o).backward(grads[0])  # forward, then its backward (the keys are kept and used)
         out_a, out_b = step(v, o), step(v_b, o_b)  # the second forward replaces the first one's keys
@@ -513,9 +514,9 @@ def test_fused_step_pair_keys_from_forward(isa, threads, monkeypatch, optimizer)
     w_ref, m_ref = w.clone(), torch.zeros(5000)
     for vals, offs, g in ((v, o, grads[0]), (v, o, grads[1]), (v_b, o_b, grads[2])):
         if optimizer == "sgd":
-            OPS.mux_embedding_bag_sgd_(w_ref, g, vals, offs, *lay, "sum", "concat", None, 0.05)
+            OPS.mux_embedding_bag_sgd_(w_ref, g, vals, offs, *lay, "sum", combine, None, 0.05)
         else:
-            OPS.mux_embedding_bag_rowwise_adagrad_(w_ref, m_ref, g, vals, offs, *lay, "sum", "concat", None, 0.05, 1e-8)
+            OPS.mux_embedding_bag_rowwise_adagrad_(w_ref, m_ref, g, vals, offs, *lay, "sum", combine, None, 0.05, 1e-8)
     assert torch.equal(want_w, w_ref) and torch.equal(want_m, m_ref)
     for n in (1, 3):
         got_w, got_m = train(True, n)
