@@ -471,7 +471,7 @@ Tensor take_pair_keys(const Problem& p) {
     bool same = m->M == p.M;
     for (size_t t = 0; same && t < now.size(); ++t)
       same = !m->layout[t].expired() && m->layout[t]._unsafe_get_target() == now[t].unsafeGetTensorImpl() &&
-             !now[t].is_inference() && now[t]._version() == m->versions[t];
+             now[t]._version() == m->versions[t];  // (the same impl: not an inference tensor, as stored)
     if (same) {
       Tensor keys = std::move(m->keys);
       t_pair_key_memos.erase(std::next(m).base());
@@ -899,11 +899,10 @@ std::vector<Tensor> backward_cuda(const char* op, BackwardOut kind, const Tensor
   const int64_t N = p.N, G = p.G, D = p.D, F = p.F;
   const auto& po = p.h_probe_offsets;
   // (the feature bounds behind the pair bases came back with check_problem's one transfer)
-  const std::vector<int64_t> pair_base = feature_pair_bases(p, op);
-  const int64_t P = pair_base[size_t(F)];
-  const int gbits = bit_width(uint64_t(std::max<int64_t>(G - 1, 0)));
-  TORCH_CHECK_VALUE(N == 0 || bit_width(uint64_t(N - 1)) + gbits <= 64, op, ": ", N, " values x ", G,
-                    " probes do not fit the 64-bit pair codes");
+  const PairEncoding enc = pair_encoding(p, op);
+  const std::vector<int64_t>& pair_base = enc.pair_base;
+  const int64_t P = enc.P;
+  const int gbits = enc.gbits;
   Tensor dense;
   if (kind == BackwardOut::Dense) dense = at::zeros({p.M, D}, opts.dtype(acc));
   if (P == 0) {
@@ -923,7 +922,7 @@ std::vector<Tensor> backward_cuda(const char* op, BackwardOut kind, const Tensor
   const Tensor d_pair_base = upload.narrow(0, 0, F + 1), d_gcol = upload.narrow(0, F + 1, G);
   Tensor slot_row = at::empty({N}, opts.dtype(at::kLong)), scale = at::empty({N}, opts.dtype(acc));
   Tensor keys = at::empty({2, P}, opts.dtype(at::kLong)), codes = at::empty({2, P}, opts.dtype(at::kLong));
-  const int bits = bit_width(uint64_t(p.M - 1));
+  const int bits = enc.row_bits;
   const size_t tmp_bytes = cuda::sort_segments_temp_bytes(P, bits);
   Tensor tmp = at::empty({int64_t(std::max<size_t>(tmp_bytes, 1))}, opts.dtype(at::kByte));
   Tensor unique_rows = at::empty({P}, opts.dtype(at::kLong)), seg_start = at::empty({P + 1}, opts.dtype(at::kLong));
