@@ -109,10 +109,13 @@ def test_csr_spmm_bf16_input_is_widened_exactly(isa, d):
     np.testing.assert_allclose(got.numpy(), ref.csr_spmm(a.indptr, a.indices, a.data, xb.float().numpy()), rtol=1e-5, atol=1e-5)
 
 
-def test_csr_spmm_all_isas_bitwise_identical():
+@pytest.mark.parametrize("d", [1, 16, 17, 64, 141])  # row norms: one partial vector, a tail, whole lines
+@pytest.mark.parametrize("bf16_x", [False, True])
+def test_csr_spmm_all_isas_bitwise_identical(d, bf16_x):
     rng = np.random.default_rng(3)
     a = random_csr(rng, 300, 200, 0.05)
-    x = rng.standard_normal((200, 141)).astype(np.float32)
+    x = torch.from_numpy(rng.standard_normal((200, d)).astype(np.float32))
+    x = x.bfloat16() if bf16_x else x
     rs = rng.uniform(0.5, 2.0, 300).astype(np.float32)
     best = embkern.build_info()["best_isa"]
     results = []
@@ -122,7 +125,7 @@ def test_csr_spmm_all_isas_bitwise_identical():
         except ValueError:
             continue
         results.append(embkern.csr_spmm(a.indptr, a.indices, a.data, x, rs, normalize=True))
-        out = torch.ones(300, 141)
+        out = torch.ones(300, d)
         embkern.csr_spmm(a.indptr, a.indices, a.data, x, rs, normalize=True, out=out, alpha=0.5)
         results.append(out.numpy())
     embkern.set_isa(best)
@@ -411,7 +414,11 @@ def test_fastrp_degrees_of_a_graph_weighted_in_one_block_only(isa):
     assert not np.allclose(got[4096:8192], unit[4096:8192], rtol=1e-3, atol=1e-3)  # the weights mattered
 
 
-def test_fastrp_all_isas_bitwise_identical():
+@pytest.mark.parametrize("normalize", ["merge", "propagate", "none"])
+@pytest.mark.parametrize("dim", [1, 17, 33, 64, 70, 128])
+def test_fastrp_all_isas_bitwise_identical(normalize, dim):
+    """Every stage and epilogue branch (row norms with tails, bf16 and fp32 iterates stored plainly
+    or streamed as whole lines, the pending term read back in fp32 or bf16) on every ISA."""
     rng = np.random.default_rng(11)
     a = undirected_graph(rng, 300, 1500, weighted=True)
     best = embkern.build_info()["best_isa"]
@@ -422,10 +429,11 @@ def test_fastrp_all_isas_bitwise_identical():
         except ValueError:
             continue
         for dtype in (torch.float32, torch.bfloat16):
-            outs.append(embkern.fastrp(a, 70, [0.2, 1.0, 1.0], self_weight=0.3, beta=-0.5, dtype=dtype))
-            # dim 64 with P5's weights: coded L R, the two-buffer schedule and streamed whole-line rows
-            outs.append(embkern.fastrp(a, 64, [0.0, 1.0, 1.0], beta=-0.5, dtype=dtype))
+            outs.append(embkern.fastrp(a, dim, [0.2, 1.0, 1.0], self_weight=0.3, beta=-0.5, normalize=normalize, dtype=dtype))
+            # P5's weights: coded L R and the two-buffer schedule (its last iteration streams whole lines at dim % 16 == 0)
+            outs.append(embkern.fastrp(a, dim, [0.0, 1.0, 1.0], beta=-0.5, normalize=normalize, dtype=dtype))
     embkern.set_isa(best)
+    assert len(outs) >= 8
     for i in range(4, len(outs)):
         np.testing.assert_array_equal(outs[i], outs[i % 4])
 

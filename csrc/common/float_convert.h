@@ -1,9 +1,13 @@
-// Scalar bfloat16 / float16 <-> float32 conversions, bit-exact and framework-free: widening is exact,
-// narrowing rounds to nearest even, NaN stays NaN. Header code for ISA translation units (see
-// common/isa_namespace.h).
+// bfloat16 / float16 <-> float32 conversions, bit-exact and framework-free: widening is exact,
+// narrowing rounds to nearest even, NaN stays NaN. Scalar, and bf16 16 lanes at a time on AVX-512.
+// Header code for ISA translation units (see common/isa_namespace.h).
 #pragma once
 #include <cstdint>
 #include <cstring>
+
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
 
 #include "common/isa_namespace.h"
 
@@ -64,6 +68,20 @@ inline uint16_t f32_to_f16(float f) {
   const uint32_t r = a - 0x38000000u;
   return uint16_t(sign | ((r + 0xfffu + ((r >> 13) & 1u)) >> 13));
 }
+
+#if defined(__AVX512F__) && defined(__AVX512BW__)
+// 16 lanes at a time, the same bits as bf16_to_f32 / f32_to_bf16 (not VCVTNEPS2BF16, which flushes
+// denormals to zero).
+inline __m512 bf16x16_to_f32(__m256i h) { return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16)); }
+inline __m256i f32x16_to_bf16(__m512 f) {
+  const __m512i u = _mm512_castps_si512(f);
+  const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
+  const __m512i rounded = _mm512_srli_epi32(_mm512_add_epi32(u, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7fff))), 16);
+  const __mmask16 nan = _mm512_cmpgt_epu32_mask(_mm512_and_si512(u, _mm512_set1_epi32(0x7fffffff)), _mm512_set1_epi32(0x7f800000));
+  const __m512i quiet = _mm512_or_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(0x40));
+  return _mm512_cvtepi32_epi16(_mm512_mask_mov_epi32(rounded, nan, quiet));
+}
+#endif
 
 }  // namespace EMBKERN_ISA_NS
 }  // namespace embkern

@@ -17,7 +17,7 @@ struct Avx512Lanes {
   static constexpr int kLanes = 16;
   static Reg zero() { return _mm512_setzero_ps(); }
   static Reg set1(float x) { return _mm512_set1_ps(x); }
-  static Reg widen_bf16(__m256i h) { return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16)); }
+  static Reg widen_bf16(__m256i h) { return bf16x16_to_f32(h); }
   static Reg load(const float* p) { return _mm512_loadu_ps(p); }
   static Reg load(const bf16_t* p) { return widen_bf16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))); }
   static Reg load(const f16_t* p) { return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))); }
@@ -29,16 +29,7 @@ struct Avx512Lanes {
   static Reg div(Reg a, Reg b) { return _mm512_div_ps(a, b); }
   static void store(float* p, Reg r) { _mm512_storeu_ps(p, r); }
   static void store_part(float* p, Reg r, int n) { _mm512_mask_storeu_ps(p, tail_mask(n), r); }
-  // fp32 -> bf16, round to nearest even; NaN -> quiet NaN (as f32_to_bf16).
-  static __m256i narrow_bf16(Reg r) {
-    const __m512i u = _mm512_castps_si512(r);
-    const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
-    const __m512i rounded = _mm512_srli_epi32(_mm512_add_epi32(u, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7fff))), 16);
-    const __mmask16 nan = _mm512_cmpgt_epu32_mask(_mm512_and_si512(u, _mm512_set1_epi32(0x7fffffff)),
-                                                  _mm512_set1_epi32(0x7f800000));
-    const __m512i quiet = _mm512_or_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(0x40));
-    return _mm512_cvtepi32_epi16(_mm512_mask_mov_epi32(rounded, nan, quiet));
-  }
+  static __m256i narrow_bf16(Reg r) { return f32x16_to_bf16(r); }
   static __m256i narrow_f16(Reg r) { return _mm512_cvtps_ph(r, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
   static void store_w(float* p, Reg r) { store(p, r); }
   static void store_w(bf16_t* p, Reg r) { _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), narrow_bf16(r)); }

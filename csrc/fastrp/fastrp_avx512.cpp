@@ -1,6 +1,10 @@
 // AVX-512 fastrp kernels: CSR rows x dense with d blocked in up to 8 zmm accumulators (128 fp32
 // columns per pass, masked tail vector), contiguous row loads (no vgather), software prefetch of
-// the row 16 entries ahead, bf16 rows split into even and odd columns by a shift and a mask (exact).
+// the row kGatherAhead entries ahead, bf16 rows split into even and odd columns by a shift and a
+// mask (exact). The epilogue's row norms and stores are vectorized in fastrp_rows.h.
+// GCC 12 reports its own AVX-512 intrinsics headers as using uninitialized values (a known false positive).
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #include <immintrin.h>
 
 #include <vector>

@@ -22,8 +22,8 @@ namespace embkern::fastrp {
 inline namespace EMBKERN_ISA_NS {
 
 // Sum of squares in a fixed order: 16 lane partials (column c goes to lane c % 16), then a
-// pairwise tree. The inner loop vectorizes without reassociation, so this is fast and ISA-neutral.
-// (x(c): column c of the row, fp32 or widened bf16)
+// pairwise tree, so every ISA can form it with the same bits. (x(c): column c of the row, fp32 or
+// widened bf16)
 template <class X>
 inline float row_sumsq_of(X&& x, int64_t d) {
   float part[16] = {0.f};
@@ -36,14 +36,76 @@ inline float row_sumsq_of(X&& x, int64_t d) {
   return part[0];
 }
 
-template <class X>
-inline float inv_norm_of(X&& x, int64_t d) {
-  const float ss = row_sumsq_of(x, d);
-  return ss > 0.f ? 1.0f / std::sqrt(ss) : 0.f;  // +inf sum of squares also lands here as 0
+#if defined(__AVX512F__)
+// The same sum on AVX-512: lane l of one zmm is part[l], and the tree adds the same pairs (fp32
+// addition is commutative, so only the pairing matters): the same bits as row_sumsq_of, which GCC
+// compiled to 16 scalar fma chains with the partials spilled to the stack. load(c, mask) gives
+// columns c .. c + 15 as fp32 (masked lanes 0).
+inline float lane_tree_sum(__m512 part) {
+  const __m256 h = _mm256_add_ps(_mm512_castps512_ps256(part), _mm512_extractf32x8_ps(part, 1));  // l + (l + 8)
+  __m128 q = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));                  // l + (l + 4)
+  q = _mm_add_ps(q, _mm_movehl_ps(q, q));                                                          // l + (l + 2)
+  return _mm_cvtss_f32(_mm_add_ss(q, _mm_movehdup_ps(q)));                                         // 0 + 1
 }
+template <class Load>
+inline float row_sumsq_avx512(Load&& load, int64_t d) {
+  __m512 part = _mm512_setzero_ps();
+  int64_t c = 0;
+  for (; c + 16 <= d; c += 16) {
+    const __m512 x = load(c, __mmask16(0xFFFF));
+    part = _mm512_fmadd_ps(x, x, part);
+  }
+  if (c < d) {
+    const __mmask16 m = __mmask16((1u << (d - c)) - 1u);
+    const __m512 x = load(c, m);
+    part = _mm512_mask3_fmadd_ps(x, x, part, m);
+  }
+  return lane_tree_sum(part);
+}
+inline __m512 load_f32x16(const float* p, int64_t c, __mmask16 m) { return _mm512_maskz_loadu_ps(m, p + c); }
+inline __m512 load_f32x16(const uint16_t* bf16, int64_t c, __mmask16 m) {
+  return bf16x16_to_f32(_mm256_maskz_loadu_epi16(m, bf16 + c));
+}
+#endif
 
-inline float inv_norm(const float* v, int64_t d) {
-  return inv_norm_of([v](int64_t c) { return v[c]; }, d);
+inline float as_f32(float x) { return x; }
+inline float as_f32(uint16_t bf16) { return bf16_to_f32(bf16); }
+
+#if defined(__AVX2__) && !defined(__AVX512F__)
+// The same sum on AVX2: part[0..7] and part[8..15] in two ymm, then the same tree. A tail (and a
+// bf16 row) goes through a zero-padded copy: fma(0, 0, p) == p leaves the unused partials alone.
+template <class T>
+inline float row_sumsq_avx2(const T* row, int64_t d) {
+  __m256 lo = _mm256_setzero_ps(), hi = _mm256_setzero_ps();
+  alignas(32) float pad[16];
+  for (int64_t c = 0; c < d; c += 16) {
+    const float* x = pad;
+    if constexpr (std::is_same_v<T, float>)
+      if (c + 16 <= d) x = row + c;
+    if (x == pad)
+      for (int l = 0; l < 16; ++l) pad[l] = c + l < d ? as_f32(row[c + l]) : 0.f;
+    const __m256 a = _mm256_loadu_ps(x), b = _mm256_loadu_ps(x + 8);
+    lo = _mm256_fmadd_ps(a, a, lo);
+    hi = _mm256_fmadd_ps(b, b, hi);
+  }
+  const __m256 h = _mm256_add_ps(lo, hi);                                           // l + (l + 8)
+  __m128 q = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));    // l + (l + 4)
+  q = _mm_add_ps(q, _mm_movehl_ps(q, q));                                            // l + (l + 2)
+  return _mm_cvtss_f32(_mm_add_ss(q, _mm_movehdup_ps(q)));                           // 0 + 1
+}
+#endif
+
+// 1 / ||row|| of d fp32 or bf16 (uint16 bits) values; 0 for a zero row (and for an inf or NaN sum).
+template <class T>
+inline float inv_norm(const T* row, int64_t d) {
+#if defined(__AVX512F__)
+  const float ss = row_sumsq_avx512([row](int64_t c, __mmask16 m) { return load_f32x16(row, c, m); }, d);
+#elif defined(__AVX2__)
+  const float ss = row_sumsq_avx2(row, d);
+#else
+  const float ss = row_sumsq_of([row](int64_t c) { return as_f32(row[c]); }, d);
+#endif
+  return ss > 0.f ? 1.0f / std::sqrt(ss) : 0.f;
 }
 
 // Writes dst[c] = value(c) for c in [0, d). With `stream`, on an ISA with non-temporal stores and a
@@ -80,6 +142,43 @@ inline void end_row_stores() {
 #endif
 }
 
+#if defined(__AVX512F__)
+// y's row = v (times `scale` when `scaled`), fp32 or bf16, 64 bytes per store; streamed when asked
+// and the row is whole aligned lines (see write_row). The same bits as write_row's scalar values.
+inline void write_y_row_avx512(void* y, bool bf16, int64_t row, const float* v, int64_t d, bool scaled, float scale,
+                               bool stream) {
+  const __m512 sc = _mm512_set1_ps(scale);
+  const auto value = [&](int64_t c, __mmask16 m) {
+    const __m512 x = _mm512_maskz_loadu_ps(m, v + c);
+    return scaled ? _mm512_mul_ps(x, sc) : x;
+  };
+  const auto tail = [&](int64_t c) { return d - c >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (d - c)) - 1u); };
+  if (bf16) {
+    uint16_t* dst = static_cast<uint16_t*>(y) + row * d;
+    const bool nt = stream && (reinterpret_cast<uintptr_t>(dst) & 63) == 0 && d % 32 == 0;
+    int64_t c = 0;
+    for (; c + 32 <= d; c += 32) {
+      const __m512i line = _mm512_inserti64x4(_mm512_castsi256_si512(f32x16_to_bf16(value(c, __mmask16(0xFFFF)))),
+                                              f32x16_to_bf16(value(c + 16, __mmask16(0xFFFF))), 1);
+      if (nt)
+        _mm512_stream_si512(reinterpret_cast<__m512i*>(dst + c), line);
+      else
+        _mm512_storeu_si512(dst + c, line);
+    }
+    for (; c < d; c += 16) _mm256_mask_storeu_epi16(dst + c, tail(c), f32x16_to_bf16(value(c, tail(c))));
+  } else {
+    float* dst = static_cast<float*>(y) + row * d;
+    const bool nt = stream && (reinterpret_cast<uintptr_t>(dst) & 63) == 0 && d % 16 == 0;
+    for (int64_t c = 0; c < d; c += 16) {
+      if (nt)
+        _mm512_stream_ps(dst + c, value(c, __mmask16(0xFFFF)));
+      else
+        _mm512_mask_storeu_ps(dst + c, tail(c), value(c, tail(c)));
+    }
+  }
+}
+#endif
+
 // The fused epilogue of one row: v (d floats, already row-scaled; used as scratch) -> y, acc. `overwrite_acc`
 // writes acc instead of adding to it (initialization). `y_stream` writes y with write_row's
 // streams; an acc assembled from acc_src is always streamed (it is the finished output).
@@ -91,12 +190,16 @@ inline void row_epilogue(float* v, int64_t d, int64_t row, void* y, bool y_bf16,
   const float inv = need_norm ? inv_norm(v, d) : 1.f;
   if (y) {
     const float sy = y_normalize ? inv : 1.f;
+#if defined(__AVX512F__)
+    write_y_row_avx512(y, y_bf16, row, v, d, y_normalize, sy, y_stream);
+#else
     if (y_bf16)
       write_row(static_cast<uint16_t*>(y) + row * d, d, y_stream,
                 [&](int64_t c) { return f32_to_bf16(y_normalize ? v[c] * sy : v[c]); });
     else
       write_row(static_cast<float*>(y) + row * d, d, y_stream,
                 [&](int64_t c) { return y_normalize ? v[c] * sy : v[c]; });
+#endif
   }
   if (!acc) return;
   float* ar = acc + row * d;
@@ -106,7 +209,20 @@ inline void row_epilogue(float* v, int64_t d, int64_t row, void* y, bool y_bf16,
     const float* sr = static_cast<const float*>(acc_src) + row * d;
     const uint16_t* br = static_cast<const uint16_t*>(acc_src) + row * d;
     const auto s_at = [&](int64_t c) { return acc_src_bf16 ? bf16_to_f32(br[c]) : sr[c]; };
-    const float sinv = acc_src_normalize ? inv_norm_of(s_at, d) : 1.f;
+    const float sinv = !acc_src_normalize ? 1.f : acc_src_bf16 ? inv_norm(br, d) : inv_norm(sr, d);
+#if defined(__AVX512F__)
+    if ((reinterpret_cast<uintptr_t>(ar) & 63) == 0 && d % 16 == 0) {  // whole lines: one stream per 16 columns
+      const __m512 ws = _mm512_set1_ps(acc_src_weight), si = _mm512_set1_ps(sinv);
+      const __m512 wa = _mm512_set1_ps(acc_weight), vi = _mm512_set1_ps(inv);
+      for (int64_t c = 0; c < d; c += 16) {
+        const __m512 s = acc_src_bf16 ? load_f32x16(br, c, __mmask16(0xFFFF)) : _mm512_loadu_ps(sr + c);
+        const __m512 pending = _mm512_mul_ps(ws, acc_src_normalize ? _mm512_mul_ps(s, si) : s);
+        const __m512 x = _mm512_loadu_ps(v + c);
+        _mm512_stream_ps(ar + c, _mm512_fmadd_ps(wa, acc_normalize ? _mm512_mul_ps(x, vi) : x, pending));
+      }
+      return;
+    }
+#endif
     // The sum goes to v first (dead after this row), then streams from there: a line assembled
     // straight from the bf16 loads is written as 32-byte halves and read back as one 64-byte vector,
     // a store-forwarding stall per line (~4% of a bf16 call's CPU time at P5's size).
