@@ -72,19 +72,28 @@ inline float as_f32(float x) { return x; }
 inline float as_f32(uint16_t bf16) { return bf16_to_f32(bf16); }
 
 #if defined(__AVX2__) && !defined(__AVX512F__)
-// The same sum on AVX2: part[0..7] and part[8..15] in two ymm, then the same tree. A tail (and a
-// bf16 row) goes through a zero-padded copy: fma(0, 0, p) == p leaves the unused partials alone.
+// The same sum on AVX2: part[0..7] and part[8..15] in two ymm, then the same tree. A tail goes
+// through a zero-padded copy: fma(0, 0, p) == p leaves the unused partials alone.
 template <class T>
 inline float row_sumsq_avx2(const T* row, int64_t d) {
   __m256 lo = _mm256_setzero_ps(), hi = _mm256_setzero_ps();
   alignas(32) float pad[16];
   for (int64_t c = 0; c < d; c += 16) {
-    const float* x = pad;
-    if constexpr (std::is_same_v<T, float>)
-      if (c + 16 <= d) x = row + c;
-    if (x == pad)
+    __m256 a, b;
+    if (c + 16 > d) {
       for (int l = 0; l < 16; ++l) pad[l] = c + l < d ? as_f32(row[c + l]) : 0.f;
-    const __m256 a = _mm256_loadu_ps(x), b = _mm256_loadu_ps(x + 8);
+      a = _mm256_load_ps(pad);
+      b = _mm256_load_ps(pad + 8);
+    } else if constexpr (std::is_same_v<T, float>) {
+      a = _mm256_loadu_ps(row + c);
+      b = _mm256_loadu_ps(row + c + 8);
+    } else {  // 8 bf16 -> 8 fp32, exactly
+      const auto widen = [](const T* p) {
+        return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))), 16));
+      };
+      a = widen(row + c);
+      b = widen(row + c + 8);
+    }
     lo = _mm256_fmadd_ps(a, a, lo);
     hi = _mm256_fmadd_ps(b, b, hi);
   }
