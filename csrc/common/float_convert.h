@@ -1,11 +1,12 @@
 // bfloat16 / float16 <-> float32 conversions, bit-exact and framework-free: widening is exact,
-// narrowing rounds to nearest even, NaN stays NaN. Scalar, and bf16 16 lanes at a time on AVX-512.
+// narrowing rounds to nearest even, NaN stays NaN. Scalar, and bf16 8 / 16 lanes at a time on AVX2 /
+// AVX-512.
 // Header code for ISA translation units (see common/isa_namespace.h).
 #pragma once
 #include <cstdint>
 #include <cstring>
 
-#if defined(__AVX512F__)
+#if defined(__AVX2__)
 #include <immintrin.h>
 #endif
 
@@ -69,6 +70,9 @@ inline uint16_t f32_to_f16(float f) {
   return uint16_t(sign | ((r + 0xfffu + ((r >> 13) & 1u)) >> 13));
 }
 
+#if defined(__AVX2__)
+inline __m256 bf16x8_to_f32(__m128i h) { return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16)); }
+#endif
 #if defined(__AVX512F__) && defined(__AVX512BW__)
 // 16 lanes at a time, the same bits as bf16_to_f32 / f32_to_bf16 (not VCVTNEPS2BF16, which flushes
 // denormals to zero).

@@ -1,6 +1,7 @@
 // AVX2 + FMA fused score + top-k: 8-lane FMA, register tile of up to 6 queries x 16 columns.
 #include <immintrin.h>
 
+#include "common/float_convert.h"
 #include "cur/cur_scan_impl.h"
 
 namespace embkern::cur {
@@ -18,10 +19,7 @@ struct V256 {
   static Vec mul(Vec a, Vec b) { return _mm256_mul_ps(a, b); }
   static uint32_t gt_mask(Vec a, Vec b) { return uint32_t(_mm256_movemask_ps(_mm256_cmp_ps(a, b, _CMP_GT_OQ))); }
   static uint32_t ord_mask(Vec a) { return uint32_t(_mm256_movemask_ps(_mm256_cmp_ps(a, a, _CMP_ORD_Q))); }
-  static Vec load_bf16(const uint16_t* p) {
-    const __m256i w = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
-    return _mm256_castsi256_ps(_mm256_slli_epi32(w, 16));
-  }
+  static Vec load_bf16(const uint16_t* p) { return bf16x8_to_f32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))); }
   static Vec load_i8(const int8_t* p) {
     return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
   }

@@ -5,6 +5,7 @@
 
 #include <cstdint>
 
+#include "common/float_convert.h"
 #include "common/isa_namespace.h"
 
 namespace embkern::cur {
@@ -22,10 +23,7 @@ struct V512 {
   static Vec mul(Vec a, Vec b) { return _mm512_mul_ps(a, b); }
   static uint32_t gt_mask(Vec a, Vec b) { return _mm512_cmp_ps_mask(a, b, _CMP_GT_OQ); }
   static uint32_t ord_mask(Vec a) { return _mm512_cmp_ps_mask(a, a, _CMP_ORD_Q); }
-  static Vec load_bf16(const uint16_t* p) {
-    const __m512i w = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
-    return _mm512_castsi512_ps(_mm512_slli_epi32(w, 16));
-  }
+  static Vec load_bf16(const uint16_t* p) { return bf16x16_to_f32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))); }
   static Vec load_i8(const int8_t* p) {
     return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
   }

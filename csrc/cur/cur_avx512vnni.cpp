@@ -141,8 +141,7 @@ class VnniHook {
     if constexpr (ET == kF32) {
       return _mm512_maskz_loadu_ps(valid, reinterpret_cast<const float*>(E_) + j * ld_ + col);
     } else if constexpr (ET == kBF16) {
-      const __m256i w = _mm256_maskz_loadu_epi16(valid, reinterpret_cast<const uint16_t*>(E_) + j * ld_ + col);
-      return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(w), 16));
+      return bf16x16_to_f32(_mm256_maskz_loadu_epi16(valid, reinterpret_cast<const uint16_t*>(E_) + j * ld_ + col));
     } else {
       return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(valid, reinterpret_cast<const int8_t*>(E_) + j * ld_ + col)));
     }

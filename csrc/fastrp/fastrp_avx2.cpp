@@ -47,7 +47,7 @@ void gather_block_bf16(const SpmmArgs& a, const Ids& ids, int64_t jb, int64_t je
     }
     if constexpr (NV % 2 == 1) {
       const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(row + 16 * NP));
-      last = _mm256_fmadd_ps(w, _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16)), last);
+      last = _mm256_fmadd_ps(w, bf16x8_to_f32(h), last);
     }
   }
   for (int i = 0; i < NP; ++i) {  // (e0 o0 e1 o1 | e4 o4 e5 o5), (e2 o2 e3 o3 | e6 o6 e7 o7) -> columns in order

@@ -36,17 +36,20 @@ inline float row_sumsq_of(X&& x, int64_t d) {
   return part[0];
 }
 
-#if defined(__AVX512F__)
-// The same sum on AVX-512: lane l of one zmm is part[l], and the tree adds the same pairs (fp32
-// addition is commutative, so only the pairing matters): the same bits as row_sumsq_of, which GCC
-// compiled to 16 scalar fma chains with the partials spilled to the stack. load(c, mask) gives
-// columns c .. c + 15 as fp32 (masked lanes 0).
-inline float lane_tree_sum(__m512 part) {
-  const __m256 h = _mm256_add_ps(_mm512_castps512_ps256(part), _mm512_extractf32x8_ps(part, 1));  // l + (l + 8)
-  __m128 q = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));                  // l + (l + 4)
-  q = _mm_add_ps(q, _mm_movehl_ps(q, q));                                                          // l + (l + 2)
-  return _mm_cvtss_f32(_mm_add_ss(q, _mm_movehdup_ps(q)));                                         // 0 + 1
+#if defined(__AVX2__)
+// The vector forms of the same sum keep part[l] in lane l and add the same pairs (fp32 addition is
+// commutative, so only the pairing matters): the same bits as row_sumsq_of, which GCC compiled to 16
+// scalar fma chains with the partials spilled to the stack. This is the tree after its first level,
+// h[l] = part[l] + part[l + 8].
+inline float tree_sum_of_halves(__m256 h) {
+  __m128 q = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));  // l + (l + 4)
+  q = _mm_add_ps(q, _mm_movehl_ps(q, q));                                          // l + (l + 2)
+  return _mm_cvtss_f32(_mm_add_ss(q, _mm_movehdup_ps(q)));                         // 0 + 1
 }
+#endif
+
+#if defined(__AVX512F__)
+// AVX-512: the 16 partials in one zmm. load(c, mask) gives columns c .. c + 15 as fp32 (masked lanes 0).
 template <class Load>
 inline float row_sumsq_avx512(Load&& load, int64_t d) {
   __m512 part = _mm512_setzero_ps();
@@ -60,7 +63,7 @@ inline float row_sumsq_avx512(Load&& load, int64_t d) {
     const __m512 x = load(c, m);
     part = _mm512_mask3_fmadd_ps(x, x, part, m);
   }
-  return lane_tree_sum(part);
+  return tree_sum_of_halves(_mm256_add_ps(_mm512_castps512_ps256(part), _mm512_extractf32x8_ps(part, 1)));
 }
 inline __m512 load_f32x16(const float* p, int64_t c, __mmask16 m) { return _mm512_maskz_loadu_ps(m, p + c); }
 inline __m512 load_f32x16(const uint16_t* bf16, int64_t c, __mmask16 m) {
@@ -72,8 +75,8 @@ inline float as_f32(float x) { return x; }
 inline float as_f32(uint16_t bf16) { return bf16_to_f32(bf16); }
 
 #if defined(__AVX2__) && !defined(__AVX512F__)
-// The same sum on AVX2: part[0..7] and part[8..15] in two ymm, then the same tree. A tail goes
-// through a zero-padded copy: fma(0, 0, p) == p leaves the unused partials alone.
+// AVX2: part[0..7] and part[8..15] in two ymm. A tail goes through a zero-padded copy:
+// fma(0, 0, p) == p leaves the unused partials alone.
 template <class T>
 inline float row_sumsq_avx2(const T* row, int64_t d) {
   __m256 lo = _mm256_setzero_ps(), hi = _mm256_setzero_ps();
@@ -87,20 +90,14 @@ inline float row_sumsq_avx2(const T* row, int64_t d) {
     } else if constexpr (std::is_same_v<T, float>) {
       a = _mm256_loadu_ps(row + c);
       b = _mm256_loadu_ps(row + c + 8);
-    } else {  // 8 bf16 -> 8 fp32, exactly
-      const auto widen = [](const T* p) {
-        return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))), 16));
-      };
-      a = widen(row + c);
-      b = widen(row + c + 8);
+    } else {
+      a = bf16x8_to_f32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(row + c)));
+      b = bf16x8_to_f32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(row + c + 8)));
     }
     lo = _mm256_fmadd_ps(a, a, lo);
     hi = _mm256_fmadd_ps(b, b, hi);
   }
-  const __m256 h = _mm256_add_ps(lo, hi);                                           // l + (l + 8)
-  __m128 q = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));    // l + (l + 4)
-  q = _mm_add_ps(q, _mm_movehl_ps(q, q));                                            // l + (l + 2)
-  return _mm_cvtss_f32(_mm_add_ss(q, _mm_movehdup_ps(q)));                           // 0 + 1
+  return tree_sum_of_halves(_mm256_add_ps(lo, hi));
 }
 #endif
 
