@@ -321,52 +321,6 @@ CpuKernels pick_kernels() {
   return {forward_pooled_scalar, forward_none_scalar, backward_segments_scalar};
 }
 
-// The kernels' result in the accumulation dtype; the caller converts to the weight dtype.
-// pair_keys (pooled sum only): also write the backward's packed pair keys (ForwardArgs::pair_keys).
-Tensor forward_acc_cpu(const Problem& p, const Tensor& weight, uint64_t* pair_keys = nullptr,
-                       const int64_t* pair_base = nullptr, int key_shift = 0, int probe_bits = 0) {
-  const bool ragged = p.pooling == kPoolNone && p.combine == kCombineConcat;
-  Tensor out = cpu_empty({p.out_rows(), p.out_cols()}, weight.options().dtype(acc_dtype(p.wtype)));
-  if (ragged) out.zero_();
-  if (out.numel() == 0) return out;
-  const Tensor w = weight.contiguous();
-  ForwardArgs a = forward_args(p, w, out);
-  a.pair_keys = pair_keys;
-  a.pair_base = pair_base;
-  a.key_shift = key_shift;
-  a.probe_bits = probe_bits;
-  const CpuKernels k = pick_kernels();
-  if (p.pooling != kPoolNone) {
-    // Each batch row is computed by one task from its own bags: results do not depend on threads.
-    at::parallel_for(0, p.B, 16, [&](int64_t b0, int64_t b1) { k.pooled(a, b0, b1); });
-  } else {
-    const int64_t* o = p.offsets.data_ptr<int64_t>();
-    for (int64_t f = 0; f < p.F; ++f)
-      at::parallel_for(o[f * p.B], o[(f + 1) * p.B], 256, [&](int64_t i0, int64_t i1) { k.none(a, f, i0, i1); });
-  }
-  return out;
-}
-
-// The accumulation-dtype result in the weight's dtype (as .to(), round to nearest even), the
-// converted copy also from BufferCache.
-Tensor in_weight_dtype(const Tensor& acc, const Tensor& weight) {
-  if (acc.scalar_type() == weight.scalar_type()) return acc;
-  Tensor out = cpu_empty(acc.sizes(), weight.options());
-  out.copy_(acc);
-  return out;
-}
-
-Tensor mux_embedding_bag_cpu(const Tensor& weight, const Tensor& values, const Tensor& offsets,
-                             const Tensor& probe_offsets, const Tensor& probe_row_base, const Tensor& probe_row_size,
-                             const Tensor& probe_keys, c10::string_view pooling, c10::string_view combine,
-                             const std::optional<Tensor>& per_sample_weights, bool sparse) {
-  (void)sparse;  // only selects the gradient layout (autograd)
-  const Problem p = check_problem("mux_embedding_bag", weight, values, offsets, probe_offsets, probe_row_base,
-                                  probe_row_size, probe_keys, std::string(pooling), std::string(combine),
-                                  per_sample_weights);
-  return in_weight_dtype(forward_acc_cpu(p, weight), weight);
-}
-
 int bit_width(uint64_t x) { return x == 0 ? 0 : 64 - __builtin_clzll(x); }
 
 // The backward's pairs: feature f contributes (its values) x (its probes), laid out by (value,
@@ -379,12 +333,6 @@ std::vector<int64_t> feature_pair_bases(const Problem& p, const char* op) {
     base[size_t(f + 1)] = base[size_t(f)] + checked_mul(fb[size_t(f + 1)] - fb[size_t(f)], po[size_t(f + 1)] - po[size_t(f)],
                                                       op, "the number of (value, probe) pairs");
   return base;
-}
-
-// The column where probe g (of feature f) finds its slot in a row of the output gradient.
-int64_t probe_grad_col(const Problem& p, int64_t f, int64_t g) {
-  if (p.combine == kCombineSum) return 0;
-  return p.pooling == kPoolNone ? (g - p.h_probe_offsets[size_t(f)]) * p.D : g * p.D;
 }
 
 // How the backward's (row, code) pairs are encoded. Direct codes (unit scales: sum pooling without
@@ -418,6 +366,62 @@ PairEncoding pair_encoding(const Problem& p, const char* op) {
   e.cmask = e.packed ? (code_bits == 64 ? ~uint64_t(0) : (uint64_t(1) << code_bits) - 1) : ~uint64_t(0);
   return e;
 }
+
+// The kernels' result in the accumulation dtype; the caller converts to the weight dtype.
+// pair_keys (pooled sum only, with the packed encoding `enc`): also write the backward's pair keys
+// (ForwardArgs::pair_keys).
+Tensor forward_acc_cpu(const Problem& p, const Tensor& weight, uint64_t* pair_keys = nullptr,
+                       const PairEncoding* enc = nullptr) {
+  const bool ragged = p.pooling == kPoolNone && p.combine == kCombineConcat;
+  Tensor out = cpu_empty({p.out_rows(), p.out_cols()}, weight.options().dtype(acc_dtype(p.wtype)));
+  if (ragged) out.zero_();
+  if (out.numel() == 0) return out;
+  const Tensor w = weight.contiguous();
+  ForwardArgs a = forward_args(p, w, out);
+  if (pair_keys) {
+    a.pair_keys = pair_keys;
+    a.pair_base = enc->pair_base.data();
+    a.key_shift = enc->rshift;
+    a.probe_bits = enc->gbits;
+  }
+  const CpuKernels k = pick_kernels();
+  if (p.pooling != kPoolNone) {
+    // Each batch row is computed by one task from its own bags: results do not depend on threads.
+    at::parallel_for(0, p.B, 16, [&](int64_t b0, int64_t b1) { k.pooled(a, b0, b1); });
+  } else {
+    const int64_t* o = p.offsets.data_ptr<int64_t>();
+    for (int64_t f = 0; f < p.F; ++f)
+      at::parallel_for(o[f * p.B], o[(f + 1) * p.B], 256, [&](int64_t i0, int64_t i1) { k.none(a, f, i0, i1); });
+  }
+  return out;
+}
+
+// The accumulation-dtype result in the weight's dtype (as .to(), round to nearest even), the
+// converted copy also from BufferCache.
+Tensor in_weight_dtype(const Tensor& acc, const Tensor& weight) {
+  if (acc.scalar_type() == weight.scalar_type()) return acc;
+  Tensor out = cpu_empty(acc.sizes(), weight.options());
+  out.copy_(acc);
+  return out;
+}
+
+Tensor mux_embedding_bag_cpu(const Tensor& weight, const Tensor& values, const Tensor& offsets,
+                             const Tensor& probe_offsets, const Tensor& probe_row_base, const Tensor& probe_row_size,
+                             const Tensor& probe_keys, c10::string_view pooling, c10::string_view combine,
+                             const std::optional<Tensor>& per_sample_weights, bool sparse) {
+  (void)sparse;  // only selects the gradient layout (autograd)
+  const Problem p = check_problem("mux_embedding_bag", weight, values, offsets, probe_offsets, probe_row_base,
+                                  probe_row_size, probe_keys, std::string(pooling), std::string(combine),
+                                  per_sample_weights);
+  return in_weight_dtype(forward_acc_cpu(p, weight), weight);
+}
+
+// The column where probe g (of feature f) finds its slot in a row of the output gradient.
+int64_t probe_grad_col(const Problem& p, int64_t f, int64_t g) {
+  if (p.combine == kCombineSum) return 0;
+  return p.pooling == kPoolNone ? (g - p.h_probe_offsets[size_t(f)]) * p.D : g * p.D;
+}
+
 
 // Packed pair keys that the fused op's forward wrote while hashing (ForwardArgs::pair_keys), kept for
 // the backward of the same training step, which then skips hashing every (value, probe) pair again
@@ -850,8 +854,7 @@ Tensor fused_forward_cpu(const Tensor& weight, const Tensor& momentum, EMBKERN_E
     for (const Tensor& t : layout_tensors(p)) trackable = trackable && !t.is_inference();
     if (trackable) {
       Tensor keys = cpu_empty({enc.P}, weight.options().dtype(at::kLong));
-      Tensor out = forward_acc_cpu(p, weight, reinterpret_cast<uint64_t*>(keys.data_ptr<int64_t>()),
-                                   enc.pair_base.data(), enc.rshift, enc.gbits);
+      Tensor out = forward_acc_cpu(p, weight, reinterpret_cast<uint64_t*>(keys.data_ptr<int64_t>()), &enc);
       keep_pair_keys(p, std::move(keys));
       return in_weight_dtype(out, weight);
     }
