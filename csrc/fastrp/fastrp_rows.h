@@ -114,6 +114,12 @@ inline float inv_norm(const T* row, int64_t d) {
   return ss > 0.f ? 1.0f / std::sqrt(ss) : 0.f;
 }
 
+// A row of d elements at `row` is whole 64-byte lines (what a streamed store writes).
+template <class T>
+inline bool whole_lines(const T* row, int64_t d) {
+  return (reinterpret_cast<uintptr_t>(row) & 63) == 0 && d % (64 / int64_t(sizeof(T))) == 0;
+}
+
 // Writes dst[c] = value(c) for c in [0, d). With `stream`, on an ISA with non-temporal stores and a
 // row of whole 64-byte lines, the row is assembled 64 bytes at a time and streamed: no read for
 // ownership of its lines, and it does not evict the iterate the same SpMM is gathering (a bf16
@@ -123,7 +129,7 @@ template <class T, class Value>
 inline void write_row(T* dst, int64_t d, bool stream, Value&& value) {
 #if defined(__AVX2__)
   constexpr int64_t kLine = 64 / int64_t(sizeof(T));
-  if (stream && (reinterpret_cast<uintptr_t>(dst) & 63) == 0 && d % kLine == 0) {
+  if (stream && whole_lines(dst, d)) {
     alignas(64) T line[kLine];
     for (int64_t c0 = 0; c0 < d; c0 += kLine) {
       for (int64_t c = 0; c < kLine; ++c) line[c] = value(c0 + c);
@@ -161,7 +167,7 @@ inline void write_y_row_avx512(void* y, bool bf16, int64_t row, const float* v, 
   const auto tail = [&](int64_t c) { return d - c >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (d - c)) - 1u); };
   if (bf16) {
     uint16_t* dst = static_cast<uint16_t*>(y) + row * d;
-    const bool nt = stream && (reinterpret_cast<uintptr_t>(dst) & 63) == 0 && d % 32 == 0;
+    const bool nt = stream && whole_lines(dst, d);
     int64_t c = 0;
     for (; c + 32 <= d; c += 32) {
       const __m512i line = _mm512_inserti64x4(_mm512_castsi256_si512(f32x16_to_bf16(value(c, __mmask16(0xFFFF)))),
@@ -174,7 +180,7 @@ inline void write_y_row_avx512(void* y, bool bf16, int64_t row, const float* v, 
     for (; c < d; c += 16) _mm256_mask_storeu_epi16(dst + c, tail(c), f32x16_to_bf16(value(c, tail(c))));
   } else {
     float* dst = static_cast<float*>(y) + row * d;
-    const bool nt = stream && (reinterpret_cast<uintptr_t>(dst) & 63) == 0 && d % 16 == 0;
+    const bool nt = stream && whole_lines(dst, d);
     for (int64_t c = 0; c < d; c += 16) {
       if (nt)
         _mm512_stream_ps(dst + c, value(c, __mmask16(0xFFFF)));
@@ -217,7 +223,7 @@ inline void row_epilogue(float* v, int64_t d, int64_t row, void* y, bool y_bf16,
     const auto s_at = [&](int64_t c) { return acc_src_bf16 ? bf16_to_f32(br[c]) : sr[c]; };
     const float sinv = !acc_src_normalize ? 1.f : acc_src_bf16 ? inv_norm(br, d) : inv_norm(sr, d);
 #if defined(__AVX512F__)
-    if ((reinterpret_cast<uintptr_t>(ar) & 63) == 0 && d % 16 == 0) {  // whole lines: one stream per 16 columns
+    if (whole_lines(ar, d)) {  // one stream per 16 columns
       const __m512 ws = _mm512_set1_ps(acc_src_weight), si = _mm512_set1_ps(sinv);
       const __m512 wa = _mm512_set1_ps(acc_weight), vi = _mm512_set1_ps(inv);
       for (int64_t c = 0; c < d; c += 16) {
